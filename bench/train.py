@@ -1,0 +1,111 @@
+"""The one contrastive trainer: every student (evaluation, proxy, expert) is trained here."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from bench.data.pairs import PairSet
+from bench.models.student import Student, contrastive_loss
+from bench.progress import make_progress
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Recipe for training a student on a pair set. Separate learning rates for the image and
+    text sides (a distilled set may supply learned ones). temperature 0.07 -> logit scale 1/0.07."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr_image: float = 0.01
+    lr_text: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    temperature: float = 0.07
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be positive")
+        if self.lr_image < 0 or self.lr_text < 0 or self.temperature <= 0:
+            raise ValueError("learning rates must be >= 0 and temperature > 0")
+
+    @property
+    def logit_scale(self) -> float:
+        return 1.0 / self.temperature
+
+
+@dataclass(frozen=True)
+class TrainStats:
+    epoch_losses: tuple[float, ...]
+    steps: int
+
+
+EpochHook = Callable[[int, Student], None]
+
+
+def make_optimizer(student: Student, cfg: TrainConfig) -> torch.optim.Optimizer:
+    groups: dict[str, list[torch.nn.Parameter]] = {"image": [], "text": []}
+    for name, param in student.named_parameters():
+        if param.requires_grad:
+            groups[student.modality_of(name)].append(param)
+    param_groups = [
+        {"params": groups["image"], "lr": cfg.lr_image},
+        {"params": groups["text"], "lr": cfg.lr_text},
+    ]
+    param_groups = [g for g in param_groups if g["params"]]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(param_groups, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(param_groups, weight_decay=cfg.weight_decay)
+
+
+def train_student(
+    student: Student,
+    pairs: PairSet,
+    cfg: TrainConfig,
+    seed: int,
+    device: torch.device,
+    on_epoch_end: EpochHook | None = None,
+    progress: bool = False,
+    description: str = "training",
+) -> TrainStats:
+    """Train in place. Shuffling and dropout depend only on ``seed`` (global RNG untouched).
+
+    ``on_epoch_end(epoch, student)`` runs after every epoch (1-based); expert recording
+    hooks in here instead of owning a copy of this loop.
+    """
+    if len(pairs) == 0:
+        raise ValueError("cannot train on an empty pair set")
+    student.to(device).train()
+    optimizer = make_optimizer(student, cfg)
+    shuffle = torch.Generator().manual_seed(seed)
+    n_batches = math.ceil(len(pairs) / cfg.batch_size)
+    losses: list[float] = []
+    steps = 0
+    fork_devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=fork_devices), make_progress(transient=True, disable=not progress) as bar:
+        torch.manual_seed(seed)
+        task = bar.add_task(description, total=cfg.epochs * n_batches, status="")
+        for epoch in range(1, cfg.epochs + 1):
+            order = torch.randperm(len(pairs), generator=shuffle)
+            total = 0.0
+            for start in range(0, len(pairs), cfg.batch_size):
+                images, texts = pairs.batch(order[start : start + cfg.batch_size], device)
+                image_emb, text_emb = student(images, texts)
+                loss = contrastive_loss(image_emb, text_emb, cfg.logit_scale)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += float(loss.detach())
+                steps += 1
+                bar.advance(task)
+            losses.append(total / n_batches)
+            bar.update(task, status=f"epoch {epoch} loss {losses[-1]:.3f}")
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, student)
+    student.eval()
+    return TrainStats(tuple(losses), steps)

@@ -1,0 +1,90 @@
+"""Student forward, functional forward and the trainer."""
+
+from __future__ import annotations
+
+import torch
+
+from bench.data.pairs import PairSet, denormalize_images, normalize_images
+from bench.models.image_encoders import ImageEncoderConfig
+from bench.models.student import ModelConfig, build_student, contrastive_loss, functional_embed
+from bench.train import TrainConfig, train_student
+
+SMALL = ModelConfig(image_encoder=ImageEncoderConfig(width=8, depth=2))
+CPU = torch.device("cpu")
+
+
+def _pairs(n=48, res=16, dim=12, seed=0) -> PairSet:
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n // 2, 3, res, res), dtype=torch.uint8, generator=g)
+    return PairSet(images, torch.arange(n) % (n // 2), torch.randn(n, dim, generator=g))
+
+
+def test_build_is_deterministic_per_seed_and_leaves_global_rng():
+    state = torch.random.get_rng_state()
+    a, b, c = (build_student(SMALL, 16, 12, s) for s in (0, 0, 1))
+    assert torch.equal(torch.random.get_rng_state(), state)
+    for (n, p), (_, q), (_, r) in zip(a.named_parameters(), b.named_parameters(), c.named_parameters()):
+        assert torch.equal(p, q), n
+    assert any(not torch.equal(p, r) for p, r in zip(a.parameters(), c.parameters()))
+
+
+def test_functional_embed_matches_module_and_differentiates_params():
+    student = build_student(SMALL, 16, 12, 0).eval()
+    pairs = _pairs()
+    images, texts = pairs.batch(torch.arange(8), CPU)
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in student.trainable_parameters().items()}
+    img_f, txt_f = functional_embed(student, params, images, texts)
+    img_m, txt_m = student(images, texts)
+    torch.testing.assert_close(img_f, img_m)
+    torch.testing.assert_close(txt_f, txt_m)
+    # Differentiable w.r.t. a *shifted* parameter set, and the shift changes the output.
+    shifted = {k: v + 0.01 for k, v in params.items()}
+    img_s, txt_s = functional_embed(student, shifted, images, texts)
+    assert not torch.allclose(img_s, img_m)
+    contrastive_loss(img_s, txt_s, 1 / 0.07).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in params.values())
+
+
+def test_every_parameter_has_a_modality():
+    student = build_student(ModelConfig(embed_dim=16), 16, 12, 0)
+    sides = {student.modality_of(n) for n, _ in student.named_parameters()}
+    assert sides == {"image", "text"}
+
+
+def test_contrastive_loss_against_direct_formula():
+    g = torch.Generator().manual_seed(0)
+    a = torch.nn.functional.normalize(torch.randn(5, 4, generator=g), dim=1)
+    b = torch.nn.functional.normalize(torch.randn(5, 4, generator=g), dim=1)
+    s = 10.0 * a @ b.T
+    i2t = -torch.stack([s[i, i] - torch.logsumexp(s[i], 0) for i in range(5)]).mean()
+    t2i = -torch.stack([s[i, i] - torch.logsumexp(s[:, i], 0) for i in range(5)]).mean()
+    torch.testing.assert_close(contrastive_loss(a, b, 10.0), (i2t + t2i) / 2)
+
+
+def test_training_is_deterministic_and_reduces_loss():
+    cfg = TrainConfig(epochs=6, batch_size=16, lr_image=0.05, lr_text=0.05)
+    pairs = _pairs()
+    runs = []
+    for _ in range(2):
+        student = build_student(SMALL, 16, 12, 3)
+        stats = train_student(student, pairs, cfg, seed=7, device=CPU)
+        runs.append((stats, student.state_dict()))
+    (s1, w1), (s2, w2) = runs
+    assert s1.epoch_losses == s2.epoch_losses
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+    assert s1.epoch_losses[-1] < s1.epoch_losses[0]
+    other = build_student(SMALL, 16, 12, 3)
+    s3 = train_student(other, pairs, cfg, seed=8, device=CPU)
+    assert s3.epoch_losses != s1.epoch_losses
+
+
+def test_epoch_hook_sees_every_epoch():
+    seen = []
+    student = build_student(SMALL, 16, 12, 0)
+    train_student(student, _pairs(), TrainConfig(epochs=3, batch_size=16), 0, CPU, on_epoch_end=lambda e, s: seen.append(e))
+    assert seen == [1, 2, 3]
+
+
+def test_normalize_round_trip():
+    x = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
+    torch.testing.assert_close(denormalize_images(normalize_images(x)), x.float() / 255)
