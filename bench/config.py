@@ -68,6 +68,9 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
+        coerce = getattr(tp, "coerce_config", None)  # e.g. a bare string standing for {name: ...}
+        if coerce is not None:
+            value = coerce(value)
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping for {tp.__name__}, got {type(value).__name__}")
         return from_dict(tp, value, where)

@@ -34,6 +34,21 @@ def embed_split(
     return torch.cat(images), torch.cat(texts)
 
 
+@torch.no_grad()
+def embed_pairs(
+    student: Student, pairs: PairSet, device: torch.device, batch_size: int = 512
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised (image, caption) embeddings of every pair of a pair set."""
+    student.eval().to(device)
+    out_i, out_t = [], []
+    for start in range(0, len(pairs), batch_size):
+        images, texts = pairs.batch(torch.arange(start, min(start + batch_size, len(pairs))), device)
+        img, txt = student(images, texts)
+        out_i.append(img.cpu())
+        out_t.append(txt.cpu())
+    return torch.cat(out_i), torch.cat(out_t)
+
+
 def evaluate_student(
     student: Student, split: Split, text_emb: torch.Tensor, device: torch.device
 ) -> dict[str, float]:

@@ -46,6 +46,8 @@ class TrainStats:
 
 
 EpochHook = Callable[[int, Student], None]
+#: (pair indices of the batch, logits image x text of the batch), called after each step.
+BatchHook = Callable[[torch.Tensor, torch.Tensor], None]
 
 
 def make_optimizer(student: Student, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -70,13 +72,15 @@ def train_student(
     seed: int,
     device: torch.device,
     on_epoch_end: EpochHook | None = None,
+    on_batch_end: BatchHook | None = None,
     progress: bool = False,
     description: str = "training",
 ) -> TrainStats:
     """Train in place. Shuffling and dropout depend only on ``seed`` (global RNG untouched).
 
     ``on_epoch_end(epoch, student)`` runs after every epoch (1-based); expert recording
-    hooks in here instead of owning a copy of this loop.
+    hooks in here instead of owning a copy of this loop; ``on_batch_end(indices, logits)``
+    lets forgetting statistics watch every presentation.
     """
     if len(pairs) == 0:
         raise ValueError("cannot train on an empty pair set")
@@ -94,9 +98,12 @@ def train_student(
             order = torch.randperm(len(pairs), generator=shuffle)
             total = 0.0
             for start in range(0, len(pairs), cfg.batch_size):
-                images, texts = pairs.batch(order[start : start + cfg.batch_size], device)
+                batch = order[start : start + cfg.batch_size]
+                images, texts = pairs.batch(batch, device)
                 image_emb, text_emb = student(images, texts)
                 loss = contrastive_loss(image_emb, text_emb, cfg.logit_scale)
+                if on_batch_end is not None:
+                    on_batch_end(batch, (image_emb @ text_emb.T).detach())
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

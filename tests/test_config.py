@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from bench.config import ConfigError, apply_overrides, from_dict, to_dict
-from bench.experiment import ExperimentConfig, load_experiment
+from bench.grid import GridConfig as ExperimentConfig
+from bench.grid import load_grid as load_experiment
 from bench.train import TrainConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -23,8 +24,8 @@ def test_unknown_key_names_path_and_suggestion():
 def test_wrong_type_names_key():
     with pytest.raises(ConfigError, match=r"evaluation\.train\.batch_size.*integer"):
         from_dict(ExperimentConfig, {"name": "x", "evaluation": {"train": {"batch_size": "big"}}})
-    with pytest.raises(ConfigError, match=r"dataset\.source.*not one of"):
-        from_dict(ExperimentConfig, {"name": "x", "dataset": {"source": "imagenet"}})
+    with pytest.raises(ConfigError, match=r"datasets\[0\]\.source.*not one of"):
+        from_dict(ExperimentConfig, {"name": "x", "datasets": [{"source": "imagenet"}]})
     with pytest.raises(ConfigError, match="missing required config key 'name'"):
         from_dict(ExperimentConfig, {})
 

@@ -16,8 +16,8 @@ def _run(tmp_path: Path, tag: str, capsys) -> tuple[dict, dict, str]:
     out = tmp_path / tag
     overrides = [
         f"results_dir={out}", f"cache_dir={tmp_path / 'cache'}",
-        "dataset.embedded.n_train_images=400", "dataset.embedded.n_val_images=20",
-        "dataset.embedded.n_test_images=200", "model.image_encoder.width=16",
+        "datasets=[{source: embedded, embedded: {n_train_images: 400, n_val_images: 20, n_test_images: 200}}]",
+        "model.image_encoder.width=16", "methods=[random]", "runner.executor=local", "runner.cpus_per_task=2",
         "evaluation.seeds=[0, 1]", "evaluation.full_train.epochs=6",
         "evaluation.train.epochs=20", "budgets=[20]",
     ]
@@ -50,16 +50,12 @@ def test_quickstart_cli_end_to_end(tmp_path, capsys):
 
 
 def test_budget_larger_than_dataset_is_clear(tmp_path):
-    from bench.config import from_dict
-    from bench.experiment import ExperimentConfig
-    from bench.run import run_experiment
+    from tests.grid_helpers import tiny_grid
+    from bench.runner import GridRun
 
-    cfg = from_dict(ExperimentConfig, {
-        "name": "t", "results_dir": str(tmp_path), "cache_dir": str(tmp_path / "c"), "budgets": [999],
-        "dataset": {"embedded": {"n_train_images": 10, "n_val_images": 2, "n_test_images": 4}},
-    })
-    with pytest.raises(ValueError, match="budget 999 is larger than the training set of embedded \\(50 pairs\\)"):
-        run_experiment(cfg, progress=False)
+    cfg = tiny_grid(tmp_path, budgets=[999])
+    with pytest.raises(ValueError, match="budget 999 is larger than the training set of embedded \\(300 pairs\\)"):
+        GridRun(cfg, progress=False).run()
     assert not (tmp_path / "records").exists()
 
 
@@ -71,21 +67,24 @@ def test_config_typo_exits_with_message(tmp_path, capsys):
 def test_karpathy_dataset_runs_through_the_pipeline(tmp_path):
     """A Flickr30K-shaped dataset from JSON + image files, configured as a user would."""
     from bench.config import from_dict
-    from bench.experiment import ExperimentConfig
-    from bench.run import run_experiment
+    from bench.grid import GridConfig
+    from bench.reports.records import load_records
+    from bench.runner import GridRun
     from tests.test_karpathy import make_dataset
 
     spec = make_dataset(tmp_path, resolution=8)
-    cfg = from_dict(ExperimentConfig, {
+    cfg = from_dict(GridConfig, {
         "name": "tiny", "results_dir": str(tmp_path / "out"), "cache_dir": str(tmp_path / "cache"),
         "budgets": [2],
-        "dataset": {"source": "karpathy", "karpathy": {
+        "methods": ["random"], "runner": {"executor": "local"},
+        "datasets": [{"source": "karpathy", "karpathy": {
             "name": "tiny", "train_json": str(spec.train_json), "val_json": str(spec.val_json),
-            "test_json": str(spec.test_json), "image_root": str(spec.image_root), "resolution": 8}},
+            "test_json": str(spec.test_json), "image_root": str(spec.image_root), "resolution": 8}}],
         "model": {"image_encoder": {"width": 4, "depth": 1}},
         "evaluation": {"seeds": [0], "train": {"epochs": 2, "batch_size": 2}, "full_train": {"epochs": 2}},
     })
-    records = run_experiment(cfg, progress=False)
+    GridRun(cfg, progress=False).run()
+    records = load_records(tmp_path / "out")
     assert [r["method"] for r in records] == ["full", "random"]
     assert records[0]["n_pairs"] == 5 and records[0]["dataset"] == "tiny"
     assert set(records[0]["summary"]) == {"tr@1", "tr@5", "tr@10", "ir@1", "ir@5", "ir@10", "mean"}

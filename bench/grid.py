@@ -1,0 +1,177 @@
+"""The grid config: datasets x methods x budgets x method seeds, one YAML file.
+
+Loading validates everything before any work starts: unknown keys anywhere (with the key path),
+unknown method names (with close matches) and each method's own parameters (against its
+``Params`` dataclass).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from bench.config import ConfigError, apply_overrides, from_dict, load_yaml, stable_hash_config, to_dict
+from bench.data.datasets import DatasetConfig
+from bench.io import stable_hash
+from bench.models.student import ModelConfig
+from bench.proxy import ProxyConfig
+from bench.train import TrainConfig
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """How a pair set is scored: a fresh student per seed, trained with ``train`` (budget-sized
+    sets) or ``full_train`` (the whole training set), final-epoch recall on ``split``.
+    The same seeds serve every method, so differences between methods are paired."""
+
+    seeds: tuple[int, ...] = (0, 1, 2)
+    split: Literal["test", "val"] = "test"
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=100, batch_size=100))
+    full_train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if not self.seeds:
+            raise ValueError("evaluation.seeds must list at least one seed")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"evaluation.seeds has duplicates: {list(self.seeds)}")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method of the grid: its registered name, its parameters, and an optional label to
+    run the same method twice with different parameters."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+    label: str | None = None
+
+    @staticmethod
+    def coerce_config(value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @property
+    def key(self) -> str:
+        return self.label or self.name
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    """executor 'ray' (one task per cell; a local cluster unless ray_address is given) or
+    'local' (in-process, sequential). gpus_per_task None = 1 when the cluster has GPUs."""
+
+    executor: Literal["ray", "local"] = "ray"
+    ray_address: str | None = None
+    max_retries: int = 1
+    cpus_per_task: int = 1
+    gpus_per_task: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_retries < 0 or self.cpus_per_task < 1:
+            raise ValueError("max_retries must be >= 0 and cpus_per_task >= 1")
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    name: str
+    datasets: tuple[DatasetConfig, ...] = (DatasetConfig(),)
+    methods: tuple[MethodSpec, ...] = (MethodSpec("random"),)
+    budgets: tuple[int, ...] = (100,)
+    method_seeds: tuple[int, ...] = (0,)
+    include_full: bool = True
+    model: ModelConfig = field(default_factory=ModelConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    runner: RunnerConfig = field(default_factory=RunnerConfig)
+    device: str = "auto"
+    results_dir: str = "results/quickstart"
+    cache_dir: str = "results/.cache"
+
+    def __post_init__(self) -> None:
+        if not self.datasets:
+            raise ValueError("datasets must list at least one dataset")
+        names = [d.name for d in self.datasets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"dataset names must be unique, got {names}")
+        keys = [m.key for m in self.methods]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"method names/labels must be unique (use 'label:'), got {keys}")
+        if "full" in keys:
+            raise ValueError("'full' is added by include_full; do not list it under methods")
+        if not self.budgets or any(b < 1 for b in self.budgets):
+            raise ValueError(f"budgets must be positive integers, got {list(self.budgets)}")
+        if not self.method_seeds:
+            raise ValueError("method_seeds must list at least one seed")
+
+    @property
+    def config_hash(self) -> str:
+        return stable_hash_config(self)
+
+    def dataset(self, name: str) -> DatasetConfig:
+        return next(d for d in self.datasets if d.name == name)
+
+    def method(self, key: str) -> MethodSpec:
+        if key == "full":
+            return MethodSpec("full")
+        return next(m for m in self.methods if m.key == key)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One unit of work and one result record."""
+
+    dataset: str
+    method: str
+    budget: int | None
+    method_seed: int | None
+
+    @property
+    def id(self) -> str:
+        if self.budget is None:
+            return f"{self.dataset}__{self.method}"
+        return f"{self.dataset}__{self.method}__b{self.budget}__s{self.method_seed}"
+
+
+def plan_cells(grid: GridConfig) -> list[Cell]:
+    cells = []
+    for data in grid.datasets:
+        if grid.include_full:
+            cells.append(Cell(data.name, "full", None, None))
+        for method in grid.methods:
+            for budget in grid.budgets:
+                for seed in grid.method_seeds:
+                    cells.append(Cell(data.name, method.key, budget, seed))
+    return cells
+
+
+def cell_hash(grid: GridConfig, cell: Cell) -> str:
+    """Everything that determines a cell's result; a record with another hash is stale."""
+    spec = grid.method(cell.method)
+    return stable_hash({
+        "dataset": to_dict(grid.dataset(cell.dataset)), "model": to_dict(grid.model),
+        "evaluation": to_dict(grid.evaluation), "proxy": to_dict(grid.proxy),
+        "method": to_dict(spec), "budget": cell.budget, "seed": cell.method_seed,
+    })
+
+
+def method_params(spec: MethodSpec, where: str) -> Any:
+    """Validate a method spec against the registry: the method exists, its params fit."""
+    from bench.registry import UnknownMethodError, get_method
+
+    try:
+        cls = get_method(spec.name)
+    except UnknownMethodError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return from_dict(cls.Params, spec.params, f"{where}.params")
+
+
+def validate_methods(grid: GridConfig) -> None:
+    for i, spec in enumerate(grid.methods):
+        method_params(spec, f"methods[{i}] ({spec.key})")
+
+
+def load_grid(path: str | Path, overrides: list[str] | None = None) -> GridConfig:
+    data = apply_overrides(load_yaml(path), overrides or [])
+    grid = from_dict(GridConfig, data)
+    validate_methods(grid)
+    return grid

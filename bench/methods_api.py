@@ -1,0 +1,114 @@
+"""The contract between the suite and a method plugin.
+
+A method gets the training pairs (through a :class:`MethodContext`), a budget and a seed, and
+returns a :class:`MethodOutput`: the pair set a student will be trained on, plus what the
+evaluation needs to know (learned learning rates, soft targets) and, for coresets, which real
+pairs were chosen. Everything shared (proxy features, training, recall) is reached through the
+context, so a method module holds only its own rule.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+
+from bench.data.datasets import PreparedDataset
+from bench.data.pairs import PairSet
+from bench.models.student import ModelConfig
+
+MethodKind = Literal["coreset", "distillation", "reference"]
+
+
+@dataclass(frozen=True)
+class NoParams:
+    """Parameters of a method that takes none (any key in its config is then an error)."""
+
+
+@dataclass(frozen=True)
+class MethodOutput:
+    """pairs: what to train on. learned_lrs: {'image': .., 'text': ..} to use instead of the
+    evaluation recipe's learning rates. soft_targets: optional (n, n) similarity targets.
+    info: small JSON-serialisable facts worth recording (e.g. a final matching loss)."""
+
+    pairs: PairSet
+    learned_lrs: dict[str, float] | None = None
+    soft_targets: torch.Tensor | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def source_indices(self) -> torch.Tensor | None:
+        return self.pairs.source_indices
+
+
+class MethodContext:
+    """What a method may use. Proxy results are computed lazily and cached per dataset, so a
+    method that never asks for them costs nothing."""
+
+    def __init__(
+        self,
+        data: PreparedDataset,
+        model_cfg: ModelConfig,
+        device: torch.device,
+        cache_dir: Path,
+        proxy_loader: Any = None,
+        progress: bool = False,
+    ) -> None:
+        self.data = data
+        self.model_cfg = model_cfg
+        self.device = device
+        self.cache_dir = Path(cache_dir)
+        self.progress = progress
+        self._proxy_loader = proxy_loader
+        self._proxy: Any = None
+
+    @property
+    def n_pairs(self) -> int:
+        return self.data.train.n_captions
+
+    def proxy(self) -> Any:
+        """The proxy run (a :class:`bench.proxy.ProxyRun`): pair features and forgetting stats."""
+        if self._proxy is None:
+            if self._proxy_loader is None:
+                raise RuntimeError("this context has no proxy model configured")
+            self._proxy = self._proxy_loader()
+        return self._proxy
+
+    def proxy_features(self) -> np.ndarray:
+        """(n_pairs, d_img + d_txt): L2-normalised image embedding ++ text embedding of each pair."""
+        return self.proxy().features
+
+    def real_subset(self, indices: np.ndarray | torch.Tensor) -> PairSet:
+        return self.data.train_pairs(torch.as_tensor(np.asarray(indices), dtype=torch.int64))
+
+
+class Method(ABC):
+    """Base class of every method. Subclasses set ``Params`` to a frozen dataclass of their
+    parameters (validated from the grid config; unknown keys are errors) and implement ``run``.
+    ``name``, ``kind`` and ``description`` are filled in by :func:`bench.registry.register`."""
+
+    name: ClassVar[str]
+    kind: ClassVar[MethodKind]
+    description: ClassVar[str]
+    Params: ClassVar[type] = NoParams
+    #: True when run() reads ctx.proxy(): the runner then trains (or loads) the proxy first,
+    #: outside the method's timing, and shares it between cells.
+    uses_proxy: ClassVar[bool] = False
+
+    def __init__(self, params: Any) -> None:
+        self.params = params
+
+    @abstractmethod
+    def run(self, ctx: MethodContext, budget: int, seed: int) -> MethodOutput:
+        """Produce a set of ``budget`` pairs. Every random choice derives from ``seed``."""
+
+
+def check_budget(budget: int, n_pairs: int) -> None:
+    if budget < 1:
+        raise ValueError(f"budget must be positive, got {budget}")
+    if budget > n_pairs:
+        raise ValueError(f"budget {budget} is larger than the training set ({n_pairs} pairs)")

@@ -1,0 +1,103 @@
+"""The proxy model that coreset methods read: the student recipe trained briefly on all pairs.
+
+One proxy run yields both things coresets need: per-pair features (L2-normalised image
+embedding ++ text embedding from the trained proxy) and forgetting statistics collected while
+it trained. It is cached on disk per dataset, model, recipe and seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.config import to_dict
+from bench.data.datasets import PreparedDataset
+from bench.evaluate import embed_pairs
+from bench.io import stable_hash, torch_save_atomic
+from bench.models.student import ModelConfig, build_student
+from bench.train import TrainConfig, train_student
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """How the proxy is trained (defaults: the evaluation's full-data recipe, shortened)."""
+
+    epochs: int = 3
+    batch_size: int = 128
+    lr_image: float = 0.1
+    lr_text: float = 0.1
+
+    def train_config(self, base: TrainConfig) -> TrainConfig:
+        return TrainConfig(
+            epochs=self.epochs, batch_size=self.batch_size, optimizer=base.optimizer,
+            lr_image=self.lr_image, lr_text=self.lr_text, momentum=base.momentum,
+            weight_decay=base.weight_decay, temperature=base.temperature,
+        )
+
+
+class ForgettingTracker:
+    """Counts learned -> not-learned transitions per pair (Toneva et al., adapted to pairs).
+
+    A pair is *learned* at a presentation when, within its batch, its image ranks its own
+    caption first and its caption ranks its own image first.
+    """
+
+    def __init__(self, n_pairs: int) -> None:
+        self.counts = np.zeros(n_pairs, dtype=np.int64)
+        self.ever_learned = np.zeros(n_pairs, dtype=bool)
+        self._last = np.zeros(n_pairs, dtype=bool)
+
+    def update(self, pair_indices: torch.Tensor, logits: torch.Tensor) -> None:
+        diag = torch.arange(logits.shape[0], device=logits.device)
+        learned = (logits.argmax(dim=1) == diag) & (logits.argmax(dim=0) == diag)
+        idx = pair_indices.cpu().numpy()
+        now = learned.cpu().numpy()
+        self.counts[idx] += self._last[idx] & ~now
+        self.ever_learned[idx] |= now
+        self._last[idx] = now
+
+
+@dataclass(frozen=True)
+class ProxyRun:
+    features: np.ndarray  # (n_pairs, d_img + d_txt) float32
+    forgetting_counts: np.ndarray  # (n_pairs,) int64
+    ever_learned: np.ndarray  # (n_pairs,) bool
+    info: dict = field(default_factory=dict)
+
+
+def proxy_key(data: PreparedDataset, model_cfg: ModelConfig, train_cfg: TrainConfig, seed: int) -> str:
+    return stable_hash({
+        "dataset": data.dataset.content_key, "text": stable_hash(data.text_emb["train"][:8].tolist()),
+        "model": to_dict(model_cfg), "train": to_dict(train_cfg), "seed": seed, "version": 1,
+    })
+
+
+def compute_proxy(
+    data: PreparedDataset, model_cfg: ModelConfig, train_cfg: TrainConfig, seed: int,
+    device: torch.device, progress: bool = False,
+) -> ProxyRun:
+    pairs = data.train_pairs()
+    student = build_student(model_cfg, data.train.resolution, data.text_dim, seed)
+    tracker = ForgettingTracker(len(pairs))
+    train_student(student, pairs, train_cfg, seed, device, on_batch_end=tracker.update,
+                  progress=progress, description=f"proxy seed {seed}")
+    image_emb, text_emb = embed_pairs(student, pairs, device)
+    features = torch.cat([image_emb, text_emb], dim=1).numpy().astype(np.float32)
+    return ProxyRun(features, tracker.counts, tracker.ever_learned, {"seed": seed, "epochs": train_cfg.epochs})
+
+
+def load_or_compute_proxy(
+    data: PreparedDataset, model_cfg: ModelConfig, train_cfg: TrainConfig, seed: int,
+    device: torch.device, cache_dir: str | Path, progress: bool = False,
+) -> ProxyRun:
+    path = Path(cache_dir) / "proxy" / f"{data.name}-{proxy_key(data, model_cfg, train_cfg, seed)}.pt"
+    if path.is_file():
+        blob = torch.load(path, weights_only=False)
+        return ProxyRun(**blob)
+    run = compute_proxy(data, model_cfg, train_cfg, seed, device, progress)
+    torch_save_atomic(path, {"features": run.features, "forgetting_counts": run.forgetting_counts,
+                             "ever_learned": run.ever_learned, "info": run.info})
+    return run

@@ -1,0 +1,122 @@
+"""Method registry: a decorator, lazy discovery, and helpful errors.
+
+Built-in methods live in the ``methods`` package and register when imported. Third-party
+methods register the same way from their own package, found through the entry-point group
+``vl_bench.methods`` (each entry point names a module to import) or ``--plugin some.module``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib
+import importlib.util
+import pkgutil
+import sys
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import TypeVar
+
+from bench.methods_api import Method, MethodKind
+
+ENTRY_POINT_GROUP = "vl_bench.methods"
+_KINDS = ("coreset", "distillation", "reference")
+_REGISTRY: dict[str, type[Method]] = {}
+_discovered = False
+
+M = TypeVar("M", bound=type[Method])
+
+
+class UnknownMethodError(KeyError):
+    def __str__(self) -> str:  # KeyError would print the repr with quotes
+        return str(self.args[0])
+
+
+def register(name: str, kind: MethodKind, description: str) -> Callable[[M], M]:
+    """Class decorator: ``@register("herding", "coreset", "greedy mean matching")``."""
+    if kind not in _KINDS:
+        raise ValueError(f"method kind must be one of {_KINDS}, got {kind!r}")
+
+    def decorate(cls: M) -> M:
+        if not (isinstance(cls, type) and issubclass(cls, Method)):
+            raise TypeError(f"@register({name!r}) must decorate a subclass of bench.methods_api.Method")
+        existing = _REGISTRY.get(name)
+        if existing is not None and existing is not cls:
+            if (existing.__module__, existing.__qualname__) != (cls.__module__, cls.__qualname__):
+                raise ValueError(
+                    f"method name {name!r} is already registered by {existing.__module__}.{existing.__qualname__}"
+                )
+        cls.name, cls.kind, cls.description = name, kind, description
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorate
+
+
+def _import_submodules(package: str) -> None:
+    pkg = importlib.import_module(package)
+    for info in pkgutil.walk_packages(pkg.__path__, prefix=f"{package}."):
+        importlib.import_module(info.name)
+
+
+def load_plugins(modules: list[str] | tuple[str, ...] = ()) -> None:
+    """Import plugins given on the command line: a module name (``my_pkg.my_method``) or the
+    path of a ``.py`` file. They register themselves on import."""
+    for module in modules:
+        try:
+            if module.endswith(".py"):
+                _import_file(Path(module))
+            else:
+                importlib.import_module(module)
+        except (ImportError, FileNotFoundError) as exc:
+            raise ImportError(f"cannot import plugin {module!r}: {exc}") from exc
+
+
+def _import_file(path: Path) -> None:
+    path = path.resolve()
+    name = f"vl_bench_plugin_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
+    if name in sys.modules:
+        return
+    if not path.is_file():
+        raise FileNotFoundError(f"no such plugin file: {path}")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+    except BaseException:
+        del sys.modules[name]
+        raise
+
+
+def discover() -> None:
+    """Import the built-in methods and every entry-point plugin (once)."""
+    global _discovered
+    if _discovered:
+        return
+    _import_submodules("methods")
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            ep.load()
+        except Exception as exc:  # a broken third-party plugin should say who it is
+            raise ImportError(f"plugin entry point {ep.name!r} ({ep.value}) failed to load: {exc}") from exc
+    _discovered = True
+
+
+def get_method(name: str) -> type[Method]:
+    discover()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise UnknownMethodError(
+            f"unknown method {name!r}{hint} (known: {', '.join(sorted(_REGISTRY))}; "
+            "`python run_bench.py methods` lists them)"
+        ) from None
+
+
+def all_methods() -> dict[str, type[Method]]:
+    discover()
+    return dict(sorted(_REGISTRY.items()))

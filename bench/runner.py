@@ -1,0 +1,285 @@
+"""Run a grid: every cell (dataset, method, budget, method seed) becomes one task.
+
+The executor is Ray (a local cluster by default, or ``ray_address``) or plain in-process
+execution; both call the same :func:`execute_cell`, so there is one definition of what a cell
+does. A cell writes its own record atomically when it finishes, so a killed driver loses at
+most the cells in flight; re-running skips every cell whose record exists with the same hash.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.config import from_dict, to_dict
+from bench.data.datasets import PreparedDataset, prepare_dataset
+from bench.env import git_commit, machine_info, pick_device
+from bench.evaluate import SeedResult, evaluate_pair_set, summarize
+from bench.grid import Cell, GridConfig, cell_hash, method_params, plan_cells
+from bench.io import stable_hash
+from bench.measure import measure
+from bench.methods_api import MethodContext, MethodOutput
+from bench.proxy import ProxyRun, load_or_compute_proxy
+from bench.registry import get_method, load_plugins
+from bench.store import ResultStore
+
+_PREPARED: dict[str, PreparedDataset] = {}  # per process: Ray reuses workers across tasks
+
+
+def prepared(grid: GridConfig, name: str, progress: bool = False) -> PreparedDataset:
+    cfg = grid.dataset(name)
+    key = stable_hash({"dataset": to_dict(cfg), "cache": str(Path(grid.cache_dir).resolve())})
+    if key not in _PREPARED:
+        _PREPARED[key] = prepare_dataset(cfg, grid.cache_dir, "cpu", progress)
+    return _PREPARED[key]
+
+
+def _proxy(grid: GridConfig, data: PreparedDataset, seed: int, device: torch.device, progress: bool) -> ProxyRun:
+    recipe = grid.proxy.train_config(grid.evaluation.full_train)
+    return load_or_compute_proxy(data, grid.model, recipe, seed, device, grid.cache_dir, progress)
+
+
+def _check_output(output: MethodOutput, cell: Cell, kind: str) -> None:
+    if not isinstance(output, MethodOutput):
+        raise TypeError(f"method {cell.method!r} returned {type(output).__name__}, not MethodOutput")
+    if kind != "reference" and len(output.pairs) != cell.budget:
+        raise ValueError(f"method {cell.method!r} returned {len(output.pairs)} pairs for budget {cell.budget}")
+
+
+def _display_captions(data: PreparedDataset, output: MethodOutput, n: int) -> list[str]:
+    """Captions to show under the first ``n`` pairs: the real caption of a selected pair, or
+    the nearest real training caption of a synthetic text vector (cosine)."""
+    captions = data.train.captions
+    if output.pairs.source_indices is not None:
+        return [captions[int(i)] for i in output.pairs.source_indices[:n]]
+    emb = torch.nn.functional.normalize(output.pairs.text_emb[:n].float(), dim=1)
+    bank = torch.nn.functional.normalize(data.text_emb["train"].float(), dim=1)
+    return [f"≈ {captions[int(i)]}" for i in (emb @ bank.T).argmax(dim=1)]
+
+
+def execute_cell(grid: GridConfig, cell: Cell, progress: bool = False) -> dict[str, Any]:
+    """Run one cell end to end and write its record (and set, and picture)."""
+    from bench.reports.plots import save_pair_grid
+
+    store = ResultStore(grid.results_dir)
+    device = pick_device(grid.device)
+    data = prepared(grid, cell.dataset, progress)
+    spec = grid.method(cell.method)
+    cls = get_method(spec.name)
+    method = cls(method_params(spec, f"method {spec.key}"))
+    seed = 0 if cell.method_seed is None else cell.method_seed
+    proxy_seconds = None
+    if getattr(cls, "uses_proxy", False):  # computed (or loaded) outside the method's timing
+        start = time.perf_counter()
+        proxy_run = _proxy(grid, data, seed, device, progress)
+        proxy_seconds = time.perf_counter() - start
+        loader: Callable[[], ProxyRun] = lambda: proxy_run  # noqa: E731
+    else:
+        loader = lambda: _proxy(grid, data, seed, device, progress)  # noqa: E731
+    ctx = MethodContext(data, grid.model, device, Path(grid.cache_dir), loader, progress)
+    budget = cell.budget if cell.budget is not None else data.train.n_captions
+    with measure(device) as method_cost:
+        output = method.run(ctx, budget, seed)
+    _check_output(output, cell, cls.kind)
+    if cls.kind != "reference":
+        store.save_set(cell, output)
+    train_cfg = grid.evaluation.full_train if cls.kind == "reference" else grid.evaluation.train
+    split = grid.evaluation.split
+    with measure(device) as eval_cost:
+        results: list[SeedResult] = evaluate_pair_set(
+            output.pairs, grid.model, train_cfg, data.dataset.split(split), data.text_emb[split],
+            grid.evaluation.seeds, device, learned_lrs=output.learned_lrs, progress=progress,
+            description=cell.id,
+        )
+    record = {
+        "status": "ok",
+        "cell_id": cell.id,
+        "cell_hash": cell_hash(grid, cell),
+        "dataset": cell.dataset,
+        "method": cell.method,
+        "method_name": spec.name,
+        "method_params": to_dict(method.params),
+        "kind": cls.kind,
+        "budget": cell.budget,
+        "method_seed": cell.method_seed,
+        "n_pairs": len(output.pairs),
+        "eval_seeds": list(grid.evaluation.seeds),
+        "eval_split": split,
+        "eval_recipe": to_dict(train_cfg),
+        "learned_lrs": output.learned_lrs,
+        "per_seed": [r.__dict__ for r in results],
+        "summary": summarize(results),
+        "method_cost": method_cost.as_dict(),
+        "eval_cost": eval_cost.as_dict(),
+        "proxy_seconds": proxy_seconds,
+        "method_info": output.info,
+        "source_indices": None if output.source_indices is None else output.source_indices.tolist(),
+        "set_file": None if cls.kind == "reference" else str(store.set_path(cell).relative_to(store.root)),
+        "dataset_key": data.dataset.content_key,
+        "config": to_dict(grid),
+        "config_hash": grid.config_hash,
+        "device": str(device),
+        "machine": machine_info(),
+        "git_commit": git_commit(),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if cls.kind != "reference":
+        n = min(16, len(output.pairs))
+        images = output.pairs.images[output.pairs.image_index[:n]]
+        save_pair_grid(images, _display_captions(data, output, n), store.picture_path(cell), title=cell.id, n=n)
+    store.write_record(cell, record)
+    return record
+
+
+def _failure_info(cell: Cell, exc: BaseException, attempts: int) -> dict[str, Any]:
+    return {"cell_id": cell.id, "error": f"{type(exc).__name__}: {exc}", "attempts": attempts,
+            "traceback": "".join(traceback.format_exception(exc)), "failed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+# ----------------------------------------------------------------------------- executors
+
+def _ray_cell(grid_data: dict, cell_data: dict, plugins: list[str], threads: int, *deps: Any) -> str:
+    """Body of a Ray task (module-level so workers can import it)."""
+    torch.set_num_threads(threads)
+    load_plugins(plugins)
+    grid = from_dict(GridConfig, grid_data)
+    execute_cell(grid, Cell(**cell_data))
+    return cell_data["dataset"]
+
+
+def _ray_proxy(grid_data: dict, dataset: str, seed: int, plugins: list[str], threads: int) -> str:
+    torch.set_num_threads(threads)
+    load_plugins(plugins)
+    grid = from_dict(GridConfig, grid_data)
+    _proxy(grid, prepared(grid, dataset), seed, pick_device(grid.device), False)
+    return f"{dataset}:{seed}"
+
+
+def _init_ray(address: str | None) -> None:
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if ray.is_initialized():
+        return
+    # Workers need the driver's import path (plugins outside the repository, a source checkout).
+    pythonpath = os.pathsep.join(p for p in [os.getcwd(), os.environ.get("PYTHONPATH", "")] if p)
+    env = {"env_vars": {"PYTHONPATH": pythonpath, "RAY_AUTH_MODE": os.environ["RAY_AUTH_MODE"]}}
+    kwargs: dict[str, Any] = {"runtime_env": env, "include_dashboard": False, "log_to_driver": True}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(**kwargs)
+
+
+class GridRun:
+    """Plans the cells, skips finished ones, executes the rest, records failures."""
+
+    def __init__(self, grid: GridConfig, plugins: list[str] | None = None, progress: bool = True) -> None:
+        self.grid = grid
+        self.plugins = list(plugins or [])
+        self.progress = progress
+        self.store = ResultStore(grid.results_dir)
+        self.cells = plan_cells(grid)
+        self.done: list[Cell] = []
+        self.failed: list[Cell] = []
+        self.skipped: list[Cell] = []
+
+    def pending(self) -> list[Cell]:
+        todo = [c for c in self.cells if not self.store.finished(c, cell_hash(self.grid, c))]
+        self.skipped = [c for c in self.cells if c not in todo]
+        return todo
+
+    def check_budgets(self) -> None:
+        for data_cfg in self.grid.datasets:
+            n = prepared(self.grid, data_cfg.name, self.progress).train.n_captions
+            too_big = [b for b in self.grid.budgets if b > n]
+            if too_big:
+                raise ValueError(f"budget {too_big[0]} is larger than the training set of {data_cfg.name} ({n} pairs)")
+
+    def run(self) -> GridRun:
+        load_plugins(self.plugins)
+        self.check_budgets()  # also prepares every dataset (and its caches) once, up front
+        todo = self.pending()
+        if todo:
+            if self.grid.runner.executor == "local":
+                self._run_local(todo)
+            else:
+                self._run_ray(todo)
+        return self
+
+    def _bar(self, total: int):
+        from bench.progress import make_progress
+
+        bar = make_progress(disable=not self.progress)
+        return bar, bar.add_task(f"grid {self.grid.name}", total=total, status=f"{len(self.skipped)} already done")
+
+    def _run_local(self, todo: list[Cell]) -> None:
+        # The same thread count as a Ray task gets, so both executors give identical numbers
+        # (reductions in conv kernels may be ordered differently with more threads).
+        threads = torch.get_num_threads()
+        torch.set_num_threads(self.grid.runner.cpus_per_task)
+        try:
+            self._run_local_cells(todo)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _run_local_cells(self, todo: list[Cell]) -> None:
+        bar, task = self._bar(len(todo))
+        with bar:
+            for cell in todo:
+                bar.update(task, status=cell.id)
+                for attempt in range(1, self.grid.runner.max_retries + 2):
+                    try:
+                        execute_cell(self.grid, cell, progress=self.progress)
+                        self.done.append(cell)
+                        break
+                    except Exception as exc:  # noqa: BLE001 - recorded, the grid goes on
+                        if attempt > self.grid.runner.max_retries:
+                            self.store.write_failure(cell, _failure_info(cell, exc, attempt))
+                            self.failed.append(cell)
+                bar.advance(task)
+
+    def _run_ray(self, todo: list[Cell]) -> None:
+        import ray
+
+        _init_ray(self.grid.runner.ray_address)
+        runner = self.grid.runner
+        gpus = runner.gpus_per_task
+        if gpus is None:
+            gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
+        resources = {"num_cpus": runner.cpus_per_task, "num_gpus": gpus}
+        options = {**resources, "max_retries": runner.max_retries, "retry_exceptions": True}
+        grid_data = to_dict(self.grid)
+        cell_task = ray.remote(_ray_cell).options(**options)
+        proxy_task = ray.remote(_ray_proxy).options(**options)
+        proxies: dict[tuple[str, int], Any] = {}
+        refs: dict[Any, Cell] = {}
+        for cell in todo:
+            deps = []
+            spec = self.grid.method(cell.method)
+            if getattr(get_method(spec.name), "uses_proxy", False):
+                key = (cell.dataset, cell.method_seed or 0)
+                if key not in proxies:
+                    proxies[key] = proxy_task.remote(grid_data, key[0], key[1], self.plugins, runner.cpus_per_task)
+                deps.append(proxies[key])
+            ref = cell_task.remote(grid_data, cell.__dict__, self.plugins, runner.cpus_per_task, *deps)
+            refs[ref] = cell
+        bar, task = self._bar(len(todo))
+        with bar:
+            waiting = list(refs)
+            while waiting:
+                ready, waiting = ray.wait(waiting, num_returns=1)
+                cell = refs[ready[0]]
+                try:
+                    ray.get(ready[0])
+                    self.done.append(cell)
+                except Exception as exc:  # noqa: BLE001 - the task already used its retries
+                    self.store.write_failure(cell, _failure_info(cell, exc, runner.max_retries + 1))
+                    self.failed.append(cell)
+                bar.update(task, advance=1, status=f"{cell.id} {'ok' if cell in self.done else 'FAILED'}")

@@ -1,0 +1,54 @@
+"""forgetting: the most forgettable pairs of the proxy run first (Toneva et al., for pairs)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from bench.methods_api import MethodContext
+from bench.registry import register
+from methods.coresets._common import CoresetMethod, check_select_budget, proxy_rows
+
+
+def select(forgetting_counts: np.ndarray, ever_learned: np.ndarray, budget: int,
+           rng: np.random.Generator) -> np.ndarray:
+    """Indices of ``budget`` pairs, most forgettable first: pairs never learned rank above every
+    count, then pairs by forgetting count, descending.
+
+    Tie-break: uniformly at random from ``rng`` (a random permutation is the last sort key), so
+    the result is deterministic per seed. Breaking ties by index instead would bias selection
+    towards the start of the file, and counts tie massively (most pairs are forgotten 0 or 1
+    times).
+    """
+    counts = np.asarray(forgetting_counts)
+    learned = np.asarray(ever_learned)
+    if counts.ndim != 1 or learned.shape != counts.shape:
+        raise ValueError(f"forgetting_counts and ever_learned must be 1-D of one length, "
+                         f"got {counts.shape} and {learned.shape}")
+    if learned.dtype != np.bool_:
+        raise ValueError(f"ever_learned must be boolean, got {learned.dtype}")
+    if not np.issubdtype(counts.dtype, np.integer) or (counts < 0).any():
+        raise ValueError("forgetting_counts must be non-negative integers")
+    if (counts[~learned] > 0).any():
+        raise ValueError("a pair never learned cannot have been forgotten (are the arguments swapped?)")
+    check_select_budget(budget, counts.shape[0])
+    tie_break = rng.permutation(counts.shape[0])
+    # lexsort: last key is primary. False (never learned) sorts first, then counts descending.
+    order = np.lexsort((tie_break, -counts.astype(np.int64), learned))
+    return order[:budget].astype(np.int64)
+
+
+@register("forgetting", "coreset", "most forgotten pairs during proxy training first (never-learned first)")
+class ForgettingCoreset(CoresetMethod):
+    uses_proxy = True
+    def choose(self, ctx: MethodContext, budget: int, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
+        proxy = ctx.proxy()
+        counts = proxy_rows(ctx, proxy.forgetting_counts, "forgetting counts")
+        learned = proxy_rows(ctx, proxy.ever_learned, "ever_learned")
+        indices = select(counts, learned, budget, rng)
+        picked_learned = indices[learned[indices]]
+        return indices, {
+            "never_learned_selected": int(len(indices) - len(picked_learned)),
+            "lowest_selected_count": int(counts[picked_learned].min()) if len(picked_learned) else None,
+        }

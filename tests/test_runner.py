@@ -1,0 +1,140 @@
+"""Grid runner: records, skipping, retries and failures, resume after a kill, Ray."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bench import registry
+from bench.grid import cell_hash, plan_cells
+from bench.methods_api import Method
+from bench.runner import GridRun
+from tests.grid_helpers import tiny_grid, write_plugin
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _records(results: Path) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted((results / "records").glob("*.json"))
+            if not p.name.endswith(".failed.json")}
+
+
+def _metrics(records: dict[str, dict]) -> dict[str, list]:
+    return {k: [s["metrics"] for s in r["per_seed"]] for k, r in records.items()}
+
+
+def test_local_grid_writes_records_sets_pictures_and_skips(tmp_path):
+    grid = tiny_grid(tmp_path)
+    run = GridRun(grid, progress=False).run()
+    assert len(run.done) == 3 and not run.failed
+    records = _records(Path(grid.results_dir))
+    assert set(records) == {"embedded__full", "embedded__random__b10__s0", "embedded__herding__b10__s0"}
+    herd = records["embedded__herding__b10__s0"]
+    assert herd["n_pairs"] == 10 and herd["kind"] == "coreset" and herd["eval_seeds"] == [0, 1]
+    assert herd["cell_hash"] == cell_hash(grid, plan_cells(grid)[2])
+    assert herd["method_cost"]["seconds"] >= 0 and herd["eval_cost"]["peak_rss_mb"] > 0
+    assert herd["proxy_seconds"] is not None and records["embedded__random__b10__s0"]["proxy_seconds"] is None
+    assert (Path(grid.results_dir) / herd["set_file"]).is_file()
+    assert (Path(grid.results_dir) / "pictures" / "embedded__herding__b10__s0.png").is_file()
+    mtimes = {p: p.stat().st_mtime_ns for p in (Path(grid.results_dir) / "records").glob("*.json")}
+    again = GridRun(grid, progress=False).run()
+    assert not again.done and len(again.skipped) == 3
+    assert mtimes == {p: p.stat().st_mtime_ns for p in (Path(grid.results_dir) / "records").glob("*.json")}
+    # A changed evaluation recipe makes every record stale.
+    changed = tiny_grid(tmp_path, evaluation={"seeds": [0], "train": {"epochs": 2, "batch_size": 10},
+                                              "full_train": {"epochs": 1}})
+    assert len(GridRun(changed, progress=False).pending()) == 3
+
+
+@registry.register("test-flaky", "coreset", "fails on its first call in a process")
+class Flaky(Method):
+    calls = 0
+
+    def run(self, ctx, budget, seed):
+        type(self).calls += 1
+        if type(self).calls == 1:
+            raise RuntimeError("transient failure")
+        return registry.get_method("random")(None).run(ctx, budget, seed)
+
+
+@registry.register("test-broken", "coreset", "always fails")
+class Broken(Method):
+    def run(self, ctx, budget, seed):
+        raise RuntimeError("this method is broken")
+
+
+def test_retry_then_failure_record_and_the_grid_goes_on(tmp_path):
+    grid = tiny_grid(tmp_path, methods=["test-flaky", "test-broken", "random"], include_full=False)
+    run = GridRun(grid, progress=False).run()
+    assert {c.method for c in run.done} == {"test-flaky", "random"}
+    assert [c.method for c in run.failed] == ["test-broken"]
+    failure = json.loads((Path(grid.results_dir) / "records" / "embedded__test-broken__b10__s0.failed.json").read_text())
+    assert failure["attempts"] == 2 and "this method is broken" in failure["traceback"]
+    assert "embedded__test-broken__b10__s0" not in _records(Path(grid.results_dir))
+
+
+def _cli_args(tmp_path: Path, results: Path, plugin: Path, executor: str) -> list[str]:
+    sets = {
+        "results_dir": results, "cache_dir": tmp_path / "cache",
+        "datasets": '[{source: embedded, embedded: {n_train_images: 60, n_val_images: 4, n_test_images: 30, resolution: 16}}]',
+        "model.image_encoder.width": 8, "model.image_encoder.depth": 2,
+        "evaluation.seeds": "[0, 1]", "evaluation.train.epochs": 30, "evaluation.train.batch_size": 10,
+        "evaluation.full_train.epochs": 2, "proxy.epochs": 1, "budgets": "[10, 20]",
+        "methods": "[random, kcenter, first-k]",
+    }
+    args = [sys.executable, str(REPO / "run_bench.py"), "--no-progress", "--executor", executor, "--plugin", str(plugin)]
+    for k, v in sets.items():
+        args += ["--set", f"{k}={v}"]
+    return args
+
+
+@pytest.mark.timeout(600)
+def test_killed_grid_resumes_to_identical_results(tmp_path):
+    plugin = write_plugin(tmp_path)
+    reference = tmp_path / "reference"
+    subprocess.run(_cli_args(tmp_path, reference, plugin, "local"), check=True, cwd=tmp_path, capture_output=True)
+    expected = _records(reference)
+    assert len(expected) == 7
+
+    results = tmp_path / "killed"
+    proc = subprocess.Popen(_cli_args(tmp_path, results, plugin, "local"), cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list((results / "records").glob("*.json"))) < 2:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = _records(results)
+    assert 2 <= len(partial) < 7, "the kill should land mid-grid"
+    finished_before = {k: (results / "records" / f"{k}.json").stat().st_mtime_ns for k in partial}
+
+    subprocess.run(_cli_args(tmp_path, results, plugin, "local"), check=True, cwd=tmp_path, capture_output=True)
+    final = _records(results)
+    assert set(final) == set(expected)
+    assert _metrics(final) == _metrics(expected)
+    for k, mtime in finished_before.items():  # finished cells were skipped, not redone
+        assert (results / "records" / f"{k}.json").stat().st_mtime_ns == mtime
+    assert not [p for p in results.rglob("*") if p.name.startswith(".") and p.name.endswith(".tmp")]
+
+
+@pytest.mark.timeout(600)
+def test_ray_executor_runs_an_outside_plugin(tmp_path):
+    plugin = write_plugin(tmp_path)
+    results = tmp_path / "ray"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    proc = subprocess.run(_cli_args(tmp_path, results, plugin, "ray"), cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    records = _records(results)
+    assert len(records) == 7
+    first_k = records["embedded__first-k__b20__s0"]
+    assert first_k["source_indices"] == list(range(20))
+    local = tmp_path / "local"
+    subprocess.run(_cli_args(tmp_path, local, plugin, "local"), check=True, cwd=tmp_path, capture_output=True)
+    assert _metrics(records) == _metrics(_records(local))
