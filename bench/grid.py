@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from bench.config import ConfigError, apply_overrides, from_dict, load_yaml, stable_hash_config, to_dict
 from bench.data.datasets import DatasetConfig
+from bench.experts import ExpertConfig
 from bench.io import stable_hash
 from bench.models.student import ModelConfig
 from bench.proxy import ProxyConfig
@@ -82,6 +83,7 @@ class GridConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    experts: ExpertConfig = field(default_factory=ExpertConfig)
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     device: str = "auto"
     results_dir: str = "results/quickstart"
@@ -149,7 +151,7 @@ def cell_hash(grid: GridConfig, cell: Cell) -> str:
     spec = grid.method(cell.method)
     return stable_hash({
         "dataset": to_dict(grid.dataset(cell.dataset)), "model": to_dict(grid.model),
-        "evaluation": to_dict(grid.evaluation), "proxy": to_dict(grid.proxy),
+        "evaluation": to_dict(grid.evaluation), "proxy": to_dict(grid.proxy), "experts": to_dict(grid.experts),
         "method": to_dict(spec), "budget": cell.budget, "seed": cell.method_seed,
     })
 

@@ -57,6 +57,7 @@ class MethodContext:
         cache_dir: Path,
         proxy_loader: Any = None,
         progress: bool = False,
+        experts_loader: Any = None,
     ) -> None:
         self.data = data
         self.model_cfg = model_cfg
@@ -65,6 +66,7 @@ class MethodContext:
         self.progress = progress
         self._proxy_loader = proxy_loader
         self._proxy: Any = None
+        self._experts_loader = experts_loader
 
     @property
     def n_pairs(self) -> int:
@@ -77,6 +79,12 @@ class MethodContext:
                 raise RuntimeError("this context has no proxy model configured")
             self._proxy = self._proxy_loader()
         return self._proxy
+
+    def experts(self) -> Any:
+        """The dataset's expert trajectories (a :class:`bench.experts.TrajectoryBuffer`)."""
+        if self._experts_loader is None:
+            raise RuntimeError("this context has no expert trajectories configured")
+        return self._experts_loader()
 
     def proxy_features(self) -> np.ndarray:
         """(n_pairs, d_img + d_txt): L2-normalised image embedding ++ text embedding of each pair."""
@@ -98,6 +106,9 @@ class Method(ABC):
     #: True when run() reads ctx.proxy(): the runner then trains (or loads) the proxy first,
     #: outside the method's timing, and shares it between cells.
     uses_proxy: ClassVar[bool] = False
+    #: True when run() reads ctx.experts(): the runner trains missing experts first (one Ray
+    #: task per expert), outside the method's timing.
+    uses_experts: ClassVar[bool] = False
 
     def __init__(self, params: Any) -> None:
         self.params = params

@@ -21,6 +21,7 @@ from bench.config import from_dict, to_dict
 from bench.data.datasets import PreparedDataset, prepare_dataset
 from bench.env import git_commit, machine_info, pick_device
 from bench.evaluate import SeedResult, evaluate_pair_set, summarize
+from bench.experts import TrajectoryBuffer, ensure_experts, open_buffer, train_expert
 from bench.grid import Cell, GridConfig, cell_hash, method_params, plan_cells
 from bench.io import stable_hash
 from bench.measure import measure
@@ -65,7 +66,7 @@ def _display_captions(data: PreparedDataset, output: MethodOutput, n: int) -> li
 
 def execute_cell(grid: GridConfig, cell: Cell, progress: bool = False) -> dict[str, Any]:
     """Run one cell end to end and write its record (and set, and picture)."""
-    from bench.reports.plots import save_pair_grid
+    from bench.reports.plots import plot_matching_loss, save_pair_grid
 
     store = ResultStore(grid.results_dir)
     device = pick_device(grid.device)
@@ -82,7 +83,17 @@ def execute_cell(grid: GridConfig, cell: Cell, progress: bool = False) -> dict[s
         loader: Callable[[], ProxyRun] = lambda: proxy_run  # noqa: E731
     else:
         loader = lambda: _proxy(grid, data, seed, device, progress)  # noqa: E731
-    ctx = MethodContext(data, grid.model, device, Path(grid.cache_dir), loader, progress)
+    expert_seconds = None
+    buffer: TrajectoryBuffer | None = None
+    if getattr(cls, "uses_experts", False):  # trained (or found) outside the method's timing
+        start = time.perf_counter()
+        buffer = ensure_experts(data, grid.model, grid.experts, grid.evaluation.full_train, grid.cache_dir, device, progress)
+        expert_seconds = time.perf_counter() - start
+
+    def experts() -> TrajectoryBuffer:
+        return buffer or open_buffer(data, grid.model, grid.experts, grid.evaluation.full_train, grid.cache_dir)
+
+    ctx = MethodContext(data, grid.model, device, Path(grid.cache_dir), loader, progress, experts)
     budget = cell.budget if cell.budget is not None else data.train.n_captions
     with measure(device) as method_cost:
         output = method.run(ctx, budget, seed)
@@ -118,6 +129,8 @@ def execute_cell(grid: GridConfig, cell: Cell, progress: bool = False) -> dict[s
         "method_cost": method_cost.as_dict(),
         "eval_cost": eval_cost.as_dict(),
         "proxy_seconds": proxy_seconds,
+        "expert_seconds": expert_seconds,
+        "expert_buffer_bytes": None if buffer is None else buffer.size_bytes(),
         "method_info": output.info,
         "source_indices": None if output.source_indices is None else output.source_indices.tolist(),
         "set_file": None if cls.kind == "reference" else str(store.set_path(cell).relative_to(store.root)),
@@ -133,6 +146,9 @@ def execute_cell(grid: GridConfig, cell: Cell, progress: bool = False) -> dict[s
         n = min(16, len(output.pairs))
         images = output.pairs.images[output.pairs.image_index[:n]]
         save_pair_grid(images, _display_captions(data, output, n), store.picture_path(cell), title=cell.id, n=n)
+    if "matching_loss" in output.info:  # distillation: the loss curve next to the picture
+        plot_matching_loss(output.info["matching_loss"], store.picture_path(cell).with_name(f"{cell.id}_loss.png"),
+                           title=f"{cell.id}: matching loss")
     store.write_record(cell, record)
     return record
 
@@ -151,6 +167,15 @@ def _ray_cell(grid_data: dict, cell_data: dict, plugins: list[str], threads: int
     grid = from_dict(GridConfig, grid_data)
     execute_cell(grid, Cell(**cell_data))
     return cell_data["dataset"]
+
+
+def _ray_expert(grid_data: dict, dataset: str, index: int, plugins: list[str], threads: int) -> str:
+    torch.set_num_threads(threads)
+    grid = from_dict(GridConfig, grid_data)
+    data = prepared(grid, dataset)
+    path = train_expert(data, grid.model, grid.experts, grid.evaluation.full_train, index,
+                        grid.cache_dir, pick_device(grid.device))
+    return str(path)
 
 
 def _ray_proxy(grid_data: dict, dataset: str, seed: int, plugins: list[str], threads: int) -> str:
@@ -258,7 +283,9 @@ class GridRun:
         grid_data = to_dict(self.grid)
         cell_task = ray.remote(_ray_cell).options(**options)
         proxy_task = ray.remote(_ray_proxy).options(**options)
+        expert_task = ray.remote(_ray_expert).options(**options)
         proxies: dict[tuple[str, int], Any] = {}
+        experts: dict[str, list[Any]] = {}
         refs: dict[Any, Cell] = {}
         for cell in todo:
             deps = []
@@ -268,6 +295,13 @@ class GridRun:
                 if key not in proxies:
                     proxies[key] = proxy_task.remote(grid_data, key[0], key[1], self.plugins, runner.cpus_per_task)
                 deps.append(proxies[key])
+            if getattr(get_method(spec.name), "uses_experts", False):
+                if cell.dataset not in experts:  # one task per expert, shared by every cell
+                    experts[cell.dataset] = [
+                        expert_task.remote(grid_data, cell.dataset, i, self.plugins, runner.cpus_per_task)
+                        for i in range(self.grid.experts.n_experts)
+                    ]
+                deps.extend(experts[cell.dataset])
             ref = cell_task.remote(grid_data, cell.__dict__, self.plugins, runner.cpus_per_task, *deps)
             refs[ref] = cell
         bar, task = self._bar(len(todo))

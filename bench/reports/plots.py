@@ -129,3 +129,34 @@ def save_pair_grid(
     fig.tight_layout(rect=(0, 0, 1, 0.97))
     fig.subplots_adjust(hspace=0.55)
     return _save(fig, path, dpi=110)
+
+
+def plot_matching_loss(losses: Sequence[float], path: str | os.PathLike[str], title: str) -> Path:
+    """The trajectory-matching loss per iteration (thin) with its moving average (thick).
+
+    The window is about a tenth of the run (at least 1, at most 50 iterations); the average is
+    drawn only where the window is full, at the window's last iteration. The y axis is
+    logarithmic when the losses span more than two decades (early spikes of a diverging step
+    size otherwise flatten the rest of the curve).
+    """
+    values = np.asarray(list(losses), dtype=float)
+    if values.size == 0:
+        raise ValueError("plot_matching_loss needs at least one loss value")
+    iterations = np.arange(1, values.size + 1)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(iterations, values, linewidth=0.8, alpha=0.45, color="C0", label="loss",
+            marker="o" if values.size < 30 else None, markersize=3)
+    window = int(min(50, max(1, values.size // 10)))
+    finite = values[np.isfinite(values)]
+    if window > 1 and finite.size == values.size:
+        average = np.convolve(values, np.ones(window) / window, mode="valid")
+        ax.plot(iterations[window - 1:], average, linewidth=2.0, color="C1", label=f"moving average ({window})")
+    positive = finite[finite > 0]
+    if positive.size == finite.size and positive.size and positive.max() > 100 * positive.min():
+        ax.set_yscale("log")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("matching loss")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    return _save(fig, path, dpi=110)

@@ -1,0 +1,130 @@
+"""Expert trajectories: students trained on all pairs, their parameters saved every epoch.
+
+Trajectory matching needs, for a start epoch s and a horizon E, an expert's parameters at s
+and at s + E. We save the trainable parameters at the start (epoch 0) and after each of the
+first ``epochs`` epochs (only the epochs that matching can reach), one safetensors file per
+expert with the recipe's hash in its metadata. Experts are a shared artifact per dataset +
+model + recipe: trained once (in parallel as Ray tasks), skipped when already on disk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from bench.config import to_dict
+from bench.data.datasets import PreparedDataset
+from bench.io import stable_hash, write_atomic
+from bench.models.student import ModelConfig, Student, build_student
+from bench.train import TrainConfig, train_student
+
+
+@dataclass(frozen=True)
+class ExpertConfig:
+    """n_experts students trained for ``epochs`` epochs (>= max_start_epoch + expert_epochs of
+    every distillation method that reads them) with plain SGD (momentum 0 by default, like the
+    unrolled inner loop of matching); expert i uses seed ``seed + i``."""
+
+    n_experts: int = 3
+    epochs: int = 3
+    batch_size: int = 128
+    lr_image: float = 0.1
+    lr_text: float = 0.1
+    momentum: float = 0.0
+    seed: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.n_experts < 1 or self.epochs < 1:
+            raise ValueError("experts.n_experts and experts.epochs must be positive")
+
+    def train_config(self, base: TrainConfig) -> TrainConfig:
+        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, optimizer="sgd",
+                           lr_image=self.lr_image, lr_text=self.lr_text, momentum=self.momentum,
+                           weight_decay=base.weight_decay, temperature=base.temperature)
+
+
+def expert_key(data: PreparedDataset, model_cfg: ModelConfig, cfg: ExpertConfig, base: TrainConfig) -> str:
+    return stable_hash({"dataset": data.dataset.content_key, "model": to_dict(model_cfg),
+                        "recipe": to_dict(cfg.train_config(base)), "seed": cfg.seed, "version": 1})
+
+
+def expert_dir(cache_dir: str | Path, data: PreparedDataset, key: str) -> Path:
+    return Path(cache_dir) / "experts" / f"{data.name}-{key}"
+
+
+def expert_path(directory: Path, index: int) -> Path:
+    return directory / f"expert_{index:03d}.safetensors"
+
+
+def _snapshot(student: Student) -> dict[str, torch.Tensor]:
+    return {name: p.detach().cpu().clone() for name, p in student.trainable_parameters().items()}
+
+
+def train_expert(
+    data: PreparedDataset, model_cfg: ModelConfig, cfg: ExpertConfig, base: TrainConfig,
+    index: int, cache_dir: str | Path, device: torch.device, progress: bool = False,
+) -> Path:
+    """Train expert ``index`` unless its file exists; returns the file."""
+    key = expert_key(data, model_cfg, cfg, base)
+    path = expert_path(expert_dir(cache_dir, data, key), index)
+    if path.is_file():
+        return path
+    seed = cfg.seed + index
+    student = build_student(model_cfg, data.train.resolution, data.text_dim, seed)
+    tensors = {f"{0:03d}/{name}": t for name, t in _snapshot(student).items()}
+
+    def record(epoch: int, s: Student) -> None:
+        tensors.update({f"{epoch:03d}/{name}": t for name, t in _snapshot(s).items()})
+
+    train_student(student, data.train_pairs(), cfg.train_config(base), seed, device,
+                  on_epoch_end=record, progress=progress, description=f"expert {index}")
+    metadata = {"expert_key": key, "epochs": str(cfg.epochs), "seed": str(seed), "dataset": data.name}
+    write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    return path
+
+
+class TrajectoryBuffer:
+    """Read access to a dataset's expert files (lazily: one epoch's tensors at a time)."""
+
+    def __init__(self, directory: Path, n_experts: int, epochs: int, key: str) -> None:
+        self.paths = [expert_path(directory, i) for i in range(n_experts)]
+        missing = [p for p in self.paths if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"expert trajectories missing: {missing[0]} (and {len(missing) - 1} more)")
+        self.epochs = epochs
+        self.key = key
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def params(self, expert: int, epoch: int) -> dict[str, torch.Tensor]:
+        if not 0 <= epoch <= self.epochs:
+            raise IndexError(f"epoch {epoch} outside the recorded 0..{self.epochs}")
+        prefix = f"{epoch:03d}/"
+        with safe_open(str(self.paths[expert]), framework="pt") as f:
+            if f.metadata().get("expert_key") != self.key:
+                raise ValueError(f"{self.paths[expert]} was made by another recipe (key mismatch)")
+            return {k[len(prefix):]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
+
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.paths)
+
+
+def ensure_experts(
+    data: PreparedDataset, model_cfg: ModelConfig, cfg: ExpertConfig, base: TrainConfig,
+    cache_dir: str | Path, device: torch.device, progress: bool = False,
+) -> TrajectoryBuffer:
+    """Train the missing experts here (sequentially) and open the buffer."""
+    for i in range(cfg.n_experts):
+        train_expert(data, model_cfg, cfg, base, i, cache_dir, device, progress)
+    return open_buffer(data, model_cfg, cfg, base, cache_dir)
+
+
+def open_buffer(data: PreparedDataset, model_cfg: ModelConfig, cfg: ExpertConfig, base: TrainConfig,
+                cache_dir: str | Path) -> TrajectoryBuffer:
+    key = expert_key(data, model_cfg, cfg, base)
+    return TrajectoryBuffer(expert_dir(cache_dir, data, key), cfg.n_experts, cfg.epochs, key)

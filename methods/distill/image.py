@@ -1,0 +1,10 @@
+"""distill-image: trajectory matching with only images learned (texts stay the real initial embeddings)."""
+
+from bench.registry import register
+from methods.distill._trajectory import TrajectoryMatching
+
+
+@register("distill-image", "distillation", "trajectory matching, only images learned (texts stay the real initial embeddings)")
+class DistillImage(TrajectoryMatching):
+    learn_images = True
+    learn_texts = False

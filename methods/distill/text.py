@@ -1,0 +1,10 @@
+"""distill-text: trajectory matching with only text vectors learned (images stay real)."""
+
+from bench.registry import register
+from methods.distill._trajectory import TrajectoryMatching
+
+
+@register("distill-text", "distillation", "trajectory matching, only text vectors learned (images stay real)")
+class DistillText(TrajectoryMatching):
+    learn_images = False
+    learn_texts = True
