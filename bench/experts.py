@@ -9,7 +9,8 @@ model + recipe: trained once (in parallel as Ray tasks), skipped when already on
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -42,9 +43,9 @@ class ExpertConfig:
             raise ValueError("experts.n_experts and experts.epochs must be positive")
 
     def train_config(self, base: TrainConfig) -> TrainConfig:
-        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, optimizer="sgd",
-                           lr_image=self.lr_image, lr_text=self.lr_text, momentum=self.momentum,
-                           weight_decay=base.weight_decay, temperature=base.temperature)
+        """The full-data recipe with this expert schedule; always SGD (the matcher unrolls SGD)."""
+        return replace(base, epochs=self.epochs, batch_size=self.batch_size, optimizer="sgd",
+                       lr_image=self.lr_image, lr_text=self.lr_text, momentum=self.momentum)
 
 
 def expert_key(data: PreparedDataset, model_cfg: ModelConfig, cfg: ExpertConfig, base: TrainConfig) -> str:
@@ -80,9 +81,11 @@ def train_expert(
     def record(epoch: int, s: Student) -> None:
         tensors.update({f"{epoch:03d}/{name}": t for name, t in _snapshot(s).items()})
 
+    start = time.perf_counter()
     train_student(student, data.train_pairs(), cfg.train_config(base), seed, device,
                   on_epoch_end=record, progress=progress, description=f"expert {index}")
-    metadata = {"expert_key": key, "epochs": str(cfg.epochs), "seed": str(seed), "dataset": data.name}
+    metadata = {"expert_key": key, "epochs": str(cfg.epochs), "seed": str(seed), "dataset": data.name,
+                "train_seconds": f"{time.perf_counter() - start:.2f}", "device": str(device)}
     write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
     return path
 
@@ -109,6 +112,14 @@ class TrajectoryBuffer:
             if f.metadata().get("expert_key") != self.key:
                 raise ValueError(f"{self.paths[expert]} was made by another recipe (key mismatch)")
             return {k[len(prefix):]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
+
+    def train_seconds(self) -> list[float]:
+        """How long each expert took to train (from its file's metadata)."""
+        out = []
+        for path in self.paths:
+            with safe_open(str(path), framework="pt") as f:
+                out.append(float(f.metadata().get("train_seconds", "nan")))
+        return out
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.paths)

@@ -7,7 +7,7 @@ it trained. It is cached on disk per dataset, model, recipe and seed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,11 +31,8 @@ class ProxyConfig:
     lr_text: float = 0.1
 
     def train_config(self, base: TrainConfig) -> TrainConfig:
-        return TrainConfig(
-            epochs=self.epochs, batch_size=self.batch_size, optimizer=base.optimizer,
-            lr_image=self.lr_image, lr_text=self.lr_text, momentum=base.momentum,
-            weight_decay=base.weight_decay, temperature=base.temperature,
-        )
+        return replace(base, epochs=self.epochs, batch_size=self.batch_size,
+                       lr_image=self.lr_image, lr_text=self.lr_text)
 
 
 class ForgettingTracker:

@@ -131,6 +131,7 @@ def execute_cell(grid: GridConfig, cell: Cell, progress: bool = False) -> dict[s
         "proxy_seconds": proxy_seconds,
         "expert_seconds": expert_seconds,
         "expert_buffer_bytes": None if buffer is None else buffer.size_bytes(),
+        "expert_train_seconds": None if buffer is None else buffer.train_seconds(),
         "method_info": output.info,
         "source_indices": None if output.source_indices is None else output.source_indices.tolist(),
         "set_file": None if cls.kind == "reference" else str(store.set_path(cell).relative_to(store.root)),
@@ -215,6 +216,9 @@ class GridRun:
         self.failed: list[Cell] = []
         self.skipped: list[Cell] = []
 
+    def _method_class(self, cell: Cell) -> type:
+        return get_method(self.grid.method(cell.method).name)
+
     def pending(self) -> list[Cell]:
         todo = [c for c in self.cells if not self.store.finished(c, cell_hash(self.grid, c))]
         self.skipped = [c for c in self.cells if c not in todo]
@@ -286,21 +290,26 @@ class GridRun:
         expert_task = ray.remote(_ray_expert).options(**options)
         proxies: dict[tuple[str, int], Any] = {}
         experts: dict[str, list[Any]] = {}
-        refs: dict[Any, Cell] = {}
+        # Shared artifacts first (Ray schedules roughly in submission order), then the cells,
+        # longest first: distillation, then the full reference, then coresets.
         for cell in todo:
+            cls = self._method_class(cell)
+            if getattr(cls, "uses_experts", False) and cell.dataset not in experts:
+                experts[cell.dataset] = [
+                    expert_task.remote(grid_data, cell.dataset, i, self.plugins, runner.cpus_per_task)
+                    for i in range(self.grid.experts.n_experts)
+                ]
+            key = (cell.dataset, cell.method_seed or 0)
+            if getattr(cls, "uses_proxy", False) and key not in proxies:
+                proxies[key] = proxy_task.remote(grid_data, key[0], key[1], self.plugins, runner.cpus_per_task)
+        priority = {"distillation": 0, "reference": 1}
+        refs: dict[Any, Cell] = {}
+        for cell in sorted(todo, key=lambda c: priority.get(self._method_class(c).kind, 2)):
+            cls = self._method_class(cell)
             deps = []
-            spec = self.grid.method(cell.method)
-            if getattr(get_method(spec.name), "uses_proxy", False):
-                key = (cell.dataset, cell.method_seed or 0)
-                if key not in proxies:
-                    proxies[key] = proxy_task.remote(grid_data, key[0], key[1], self.plugins, runner.cpus_per_task)
-                deps.append(proxies[key])
-            if getattr(get_method(spec.name), "uses_experts", False):
-                if cell.dataset not in experts:  # one task per expert, shared by every cell
-                    experts[cell.dataset] = [
-                        expert_task.remote(grid_data, cell.dataset, i, self.plugins, runner.cpus_per_task)
-                        for i in range(self.grid.experts.n_experts)
-                    ]
+            if getattr(cls, "uses_proxy", False):
+                deps.append(proxies[(cell.dataset, cell.method_seed or 0)])
+            if getattr(cls, "uses_experts", False):
                 deps.extend(experts[cell.dataset])
             ref = cell_task.remote(grid_data, cell.__dict__, self.plugins, runner.cpus_per_task, *deps)
             refs[ref] = cell
