@@ -113,12 +113,13 @@ class TrajectoryBuffer:
                 raise ValueError(f"{self.paths[expert]} was made by another recipe (key mismatch)")
             return {k[len(prefix):]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
 
-    def train_seconds(self) -> list[float]:
-        """How long each expert took to train (from its file's metadata)."""
-        out = []
+    def train_seconds(self) -> list[float | None]:
+        """How long each expert took to train (from its file's metadata; None if not recorded)."""
+        out: list[float | None] = []
         for path in self.paths:
             with safe_open(str(path), framework="pt") as f:
-                out.append(float(f.metadata().get("train_seconds", "nan")))
+                seconds = f.metadata().get("train_seconds")
+            out.append(None if seconds is None else float(seconds))
         return out
 
     def size_bytes(self) -> int:
