@@ -146,7 +146,7 @@ class TrajectoryMatcher:
     # ----------------------------------------------------------------- one iteration
     def _unroll(self, images: torch.Tensor, texts: torch.Tensor, lrs: torch.Tensor,
                 start: dict[str, torch.Tensor], gen: torch.Generator) -> dict[str, torch.Tensor]:
-        params = {n: t.to(self.device).requires_grad_(True) for n, t in start.items()}
+        params = {n: t.to(self.device).detach().requires_grad_(True) for n, t in start.items()}
         n = images.shape[0]
         batch = min(self.cfg.batch_syn or n, n)  # a batch larger than the set would repeat pairs
         order = torch.cat([torch.randperm(n, generator=gen) for _ in range(-(-self.cfg.syn_steps * batch // n))])
