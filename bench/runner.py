@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import time
 import traceback
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +50,8 @@ def _check_output(output: MethodOutput, cell: Cell, kind: str) -> None:
         raise TypeError(f"method {cell.method!r} returned {type(output).__name__}, not MethodOutput")
     if kind != "reference" and len(output.pairs) != cell.budget:
         raise ValueError(f"method {cell.method!r} returned {len(output.pairs)} pairs for budget {cell.budget}")
+    if output.soft_targets is not None:  # refuse rather than silently evaluate without them
+        raise NotImplementedError(f"method {cell.method!r} returned soft targets; the evaluation does not use them yet")
 
 
 def _display_captions(data: PreparedDataset, output: MethodOutput, n: int) -> list[str]:
@@ -64,10 +65,57 @@ def _display_captions(data: PreparedDataset, output: MethodOutput, n: int) -> li
     return [f"≈ {captions[int(i)]}" for i in (emb @ bank.T).argmax(dim=1)]
 
 
-def execute_cell(grid: GridConfig, cell: Cell, progress: bool = False) -> dict[str, Any]:
-    """Run one cell end to end and write its record (and set, and picture)."""
+class _SharedArtifacts:
+    """The proxy run and the expert buffer a method declared it uses, made ready (trained or
+    loaded from the cache) before the method's timing starts, with what that took."""
+
+    def __init__(self, grid: GridConfig, cls: type, data: PreparedDataset, seed: int,
+                 device: torch.device, progress: bool) -> None:
+        self.grid, self.data, self.seed, self.device, self.progress = grid, data, seed, device, progress
+        self.proxy_seconds: float | None = None
+        self.expert_seconds: float | None = None
+        self._proxy: ProxyRun | None = None
+        self.buffer: TrajectoryBuffer | None = None
+        if getattr(cls, "uses_proxy", False):
+            start = time.perf_counter()
+            self._proxy = self.proxy()
+            self.proxy_seconds = time.perf_counter() - start
+        if getattr(cls, "uses_experts", False):
+            start = time.perf_counter()
+            self.buffer = ensure_experts(data, grid.model, grid.experts, grid.evaluation.full_train,
+                                         grid.cache_dir, device, progress)
+            self.expert_seconds = time.perf_counter() - start
+
+    def proxy(self) -> ProxyRun:
+        return self._proxy or _proxy(self.grid, self.data, self.seed, self.device, self.progress)
+
+    def experts(self) -> TrajectoryBuffer:
+        g = self.grid
+        return self.buffer or open_buffer(self.data, g.model, g.experts, g.evaluation.full_train, g.cache_dir)
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "proxy_seconds": self.proxy_seconds,
+            "expert_seconds": self.expert_seconds,
+            "expert_buffer_bytes": None if self.buffer is None else self.buffer.size_bytes(),
+            "expert_train_seconds": None if self.buffer is None else self.buffer.train_seconds(),
+        }
+
+
+def _write_pictures(store: ResultStore, cell: Cell, data: PreparedDataset, output: MethodOutput) -> None:
+    """The first pairs of the produced set with their captions, and a distillation's loss curve."""
     from bench.reports.plots import plot_matching_loss, save_pair_grid
 
+    n = min(16, len(output.pairs))
+    images = output.pairs.images[output.pairs.image_index[:n]]
+    save_pair_grid(images, _display_captions(data, output, n), store.picture_path(cell), title=cell.id, n=n)
+    if "matching_loss" in output.info:
+        plot_matching_loss(output.info["matching_loss"], store.picture_path(cell).with_name(f"{cell.id}_loss.png"),
+                           title=f"{cell.id}: matching loss")
+
+
+def execute_cell(grid: GridConfig, cell: Cell, progress: bool = False) -> dict[str, Any]:
+    """Run one cell end to end: method, evaluation, then its set, pictures and record."""
     store = ResultStore(grid.results_dir)
     device = pick_device(grid.device)
     data = prepared(grid, cell.dataset, progress)
@@ -75,31 +123,12 @@ def execute_cell(grid: GridConfig, cell: Cell, progress: bool = False) -> dict[s
     cls = get_method(spec.name)
     method = cls(method_params(spec, f"method {spec.key}"))
     seed = 0 if cell.method_seed is None else cell.method_seed
-    proxy_seconds = None
-    if getattr(cls, "uses_proxy", False):  # computed (or loaded) outside the method's timing
-        start = time.perf_counter()
-        proxy_run = _proxy(grid, data, seed, device, progress)
-        proxy_seconds = time.perf_counter() - start
-        loader: Callable[[], ProxyRun] = lambda: proxy_run  # noqa: E731
-    else:
-        loader = lambda: _proxy(grid, data, seed, device, progress)  # noqa: E731
-    expert_seconds = None
-    buffer: TrajectoryBuffer | None = None
-    if getattr(cls, "uses_experts", False):  # trained (or found) outside the method's timing
-        start = time.perf_counter()
-        buffer = ensure_experts(data, grid.model, grid.experts, grid.evaluation.full_train, grid.cache_dir, device, progress)
-        expert_seconds = time.perf_counter() - start
-
-    def experts() -> TrajectoryBuffer:
-        return buffer or open_buffer(data, grid.model, grid.experts, grid.evaluation.full_train, grid.cache_dir)
-
-    ctx = MethodContext(data, grid.model, device, Path(grid.cache_dir), loader, progress, experts)
+    shared = _SharedArtifacts(grid, cls, data, seed, device, progress)
+    ctx = MethodContext(data, grid.model, device, Path(grid.cache_dir), shared.proxy, progress, shared.experts)
     budget = cell.budget if cell.budget is not None else data.train.n_captions
     with measure(device) as method_cost:
         output = method.run(ctx, budget, seed)
     _check_output(output, cell, cls.kind)
-    if cls.kind != "reference":
-        store.save_set(cell, output)
     train_cfg = grid.evaluation.full_train if cls.kind == "reference" else grid.evaluation.train
     split = grid.evaluation.split
     with measure(device) as eval_cost:
@@ -128,13 +157,10 @@ def execute_cell(grid: GridConfig, cell: Cell, progress: bool = False) -> dict[s
         "summary": summarize(results),
         "method_cost": method_cost.as_dict(),
         "eval_cost": eval_cost.as_dict(),
-        "proxy_seconds": proxy_seconds,
-        "expert_seconds": expert_seconds,
-        "expert_buffer_bytes": None if buffer is None else buffer.size_bytes(),
-        "expert_train_seconds": None if buffer is None else buffer.train_seconds(),
+        **shared.record(),
         "method_info": output.info,
         "source_indices": None if output.source_indices is None else output.source_indices.tolist(),
-        "set_file": None if cls.kind == "reference" else str(store.set_path(cell).relative_to(store.root)),
+        "set_file": None,
         "dataset_key": data.dataset.content_key,
         "config": to_dict(grid),
         "config_hash": grid.config_hash,
@@ -143,14 +169,10 @@ def execute_cell(grid: GridConfig, cell: Cell, progress: bool = False) -> dict[s
         "git_commit": git_commit(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    if cls.kind != "reference":
-        n = min(16, len(output.pairs))
-        images = output.pairs.images[output.pairs.image_index[:n]]
-        save_pair_grid(images, _display_captions(data, output, n), store.picture_path(cell), title=cell.id, n=n)
-    if "matching_loss" in output.info:  # distillation: the loss curve next to the picture
-        plot_matching_loss(output.info["matching_loss"], store.picture_path(cell).with_name(f"{cell.id}_loss.png"),
-                           title=f"{cell.id}: matching loss")
-    store.write_record(cell, record)
+    if cls.kind != "reference":  # the full set is the training split itself: nothing to save
+        record["set_file"] = str(store.save_set(cell, output).relative_to(store.root))
+        _write_pictures(store, cell, data, output)
+    store.write_record(cell, record)  # last: a record on disk means everything else is there
     return record
 
 
