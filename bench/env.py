@@ -49,6 +49,20 @@ def git_commit() -> str | None:
         return None
 
 
+@lru_cache(maxsize=1)
+def package_versions() -> dict[str, str | None]:
+    """Versions of the packages that can change a number in a result."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {}
+    for name in ("vl-distill-bench", "torch", "transformers", "peft", "faiss-cpu", "faiss-gpu", "ray", "numpy", "timm"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
 def machine_info() -> dict[str, Any]:
     info: dict[str, Any] = {
         "cpu": _cpu_model(),
@@ -65,6 +79,7 @@ def machine_info() -> dict[str, Any]:
         info["faiss_gpus"] = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
     except ImportError:
         info["faiss"] = None
+    info["versions"] = package_versions()
     if torch.cuda.is_available():
         info["cuda_device"] = torch.cuda.get_device_name(0)
         info["cuda_count"] = torch.cuda.device_count()
