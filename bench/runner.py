@@ -183,7 +183,7 @@ def _failure_info(cell: Cell, exc: BaseException, attempts: int) -> dict[str, An
 
 # ----------------------------------------------------------------------------- executors
 
-def _ray_cell(grid_data: dict, cell_data: dict, plugins: list[str], threads: int, *deps: Any) -> str:
+def _ray_cell(grid_data: dict, cell_data: dict, plugins: list[str], threads: int) -> str:
     """Body of a Ray task (module-level so workers can import it)."""
     torch.set_num_threads(threads)
     load_plugins(plugins)
@@ -236,6 +236,7 @@ class GridRun:
         self.cells = plan_cells(grid)
         self.done: list[Cell] = []
         self.failed: list[Cell] = []
+        self._reported: set[_Job] = set()
         self.skipped: list[Cell] = []
 
     def _method_class(self, cell: Cell) -> type:
@@ -297,6 +298,10 @@ class GridRun:
                 bar.advance(task)
 
     def _run_ray(self, todo: list[Cell]) -> None:
+        """Ray execution with our own dispatcher: Ray starts queued tasks in no guaranteed
+        order, so we keep at most one job per free slot in flight and always start the
+        highest-priority job whose inputs are ready: experts, proxies, then the longest cells
+        (distillation, the full reference, coresets)."""
         import ray
 
         _init_ray(self.grid.runner.ray_address)
@@ -304,47 +309,87 @@ class GridRun:
         gpus = runner.gpus_per_task
         if gpus is None:
             gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
-        resources = {"num_cpus": runner.cpus_per_task, "num_gpus": gpus}
-        options = {**resources, "max_retries": runner.max_retries, "retry_exceptions": True}
-        grid_data = to_dict(self.grid)
-        cell_task = ray.remote(_ray_cell).options(**options)
-        proxy_task = ray.remote(_ray_proxy).options(**options)
-        expert_task = ray.remote(_ray_expert).options(**options)
-        proxies: dict[tuple[str, int], Any] = {}
-        experts: dict[str, list[Any]] = {}
-        # Shared artifacts first (Ray schedules roughly in submission order), then the cells,
-        # longest first: distillation, then the full reference, then coresets.
-        for cell in todo:
-            cls = self._method_class(cell)
-            if getattr(cls, "uses_experts", False) and cell.dataset not in experts:
-                experts[cell.dataset] = [
-                    expert_task.remote(grid_data, cell.dataset, i, self.plugins, runner.cpus_per_task)
-                    for i in range(self.grid.experts.n_experts)
-                ]
-            key = (cell.dataset, cell.method_seed or 0)
-            if getattr(cls, "uses_proxy", False) and key not in proxies:
-                proxies[key] = proxy_task.remote(grid_data, key[0], key[1], self.plugins, runner.cpus_per_task)
-        priority = {"distillation": 0, "reference": 1}
-        refs: dict[Any, Cell] = {}
-        for cell in sorted(todo, key=lambda c: priority.get(self._method_class(c).kind, 2)):
-            cls = self._method_class(cell)
-            deps = []
-            if getattr(cls, "uses_proxy", False):
-                deps.append(proxies[(cell.dataset, cell.method_seed or 0)])
-            if getattr(cls, "uses_experts", False):
-                deps.extend(experts[cell.dataset])
-            ref = cell_task.remote(grid_data, cell.__dict__, self.plugins, runner.cpus_per_task, *deps)
-            refs[ref] = cell
+        resources = ray.cluster_resources()
+        slots = int(resources.get("GPU", 0) // gpus) if gpus else int(resources.get("CPU", 1) // runner.cpus_per_task)
+        options = {"num_cpus": runner.cpus_per_task, "num_gpus": gpus, "max_retries": runner.max_retries,
+                   "retry_exceptions": True}
+        jobs = self._plan_jobs(todo, {name: ray.remote(fn).options(**options) for name, fn in
+                                      (("cell", _ray_cell), ("proxy", _ray_proxy), ("expert", _ray_expert))})
+        in_flight: dict[Any, _Job] = {}
         bar, task = self._bar(len(todo))
         with bar:
-            waiting = list(refs)
-            while waiting:
-                ready, waiting = ray.wait(waiting, num_returns=1)
-                cell = refs[ready[0]]
+            while any(not job.finished for job in jobs):
+                for job in jobs:
+                    if len(in_flight) >= max(1, slots):
+                        break
+                    if job.ref is None and not job.finished and all(d.finished for d in job.deps):
+                        failed = next((d for d in job.deps if d.error is not None), None)
+                        if failed is not None:  # an input could not be made: so neither can this
+                            job.fail(RuntimeError(f"{failed.name} failed: {failed.error}"))
+                        else:
+                            job.ref = job.submit()
+                            in_flight[job.ref] = job
+                    if job.finished and job.cell is not None and job not in self._reported:
+                        self._report(job, bar, task, runner.max_retries + 1)
+                if not in_flight:
+                    continue
+                ready, _ = ray.wait(list(in_flight), num_returns=1)
+                job = in_flight.pop(ready[0])
                 try:
                     ray.get(ready[0])
-                    self.done.append(cell)
+                    job.finished = True
                 except Exception as exc:  # noqa: BLE001 - the task already used its retries
-                    self.store.write_failure(cell, _failure_info(cell, exc, runner.max_retries + 1))
-                    self.failed.append(cell)
-                bar.update(task, advance=1, status=f"{cell.id} {'ok' if cell in self.done else 'FAILED'}")
+                    job.fail(exc)
+                if job.cell is not None:
+                    self._report(job, bar, task, runner.max_retries + 1)
+
+    def _plan_jobs(self, todo: list[Cell], tasks: dict[str, Any]) -> list[_Job]:
+        """Every job of the run, in dispatch priority order, with its inputs."""
+        grid_data, runner, plugins = to_dict(self.grid), self.grid.runner, self.plugins
+        threads = runner.cpus_per_task
+        experts: dict[str, list[_Job]] = {}
+        proxies: dict[tuple[str, int], _Job] = {}
+        cells: list[_Job] = []
+        priority = {"distillation": 0, "reference": 1}
+        for cell in sorted(todo, key=lambda c: priority.get(self._method_class(c).kind, 2)):
+            cls = self._method_class(cell)
+            deps: list[_Job] = []
+            if getattr(cls, "uses_experts", False):
+                if cell.dataset not in experts:
+                    experts[cell.dataset] = [
+                        _Job(f"expert {i} of {cell.dataset}",
+                             lambda d=cell.dataset, i=i: tasks["expert"].remote(grid_data, d, i, plugins, threads))
+                        for i in range(self.grid.experts.n_experts)
+                    ]
+                deps += experts[cell.dataset]
+            key = (cell.dataset, cell.method_seed or 0)
+            if getattr(cls, "uses_proxy", False):
+                if key not in proxies:
+                    proxies[key] = _Job(f"proxy {key[0]} seed {key[1]}",
+                                        lambda k=key: tasks["proxy"].remote(grid_data, k[0], k[1], plugins, threads))
+                deps.append(proxies[key])
+            cells.append(_Job(cell.id, lambda c=cell: tasks["cell"].remote(grid_data, c.__dict__, plugins, threads),
+                              deps, cell))
+        return [j for group in experts.values() for j in group] + list(proxies.values()) + cells
+
+    def _report(self, job: _Job, bar: Any, task: Any, attempts: int) -> None:
+        self._reported.add(job)
+        if job.error is None:
+            self.done.append(job.cell)  # type: ignore[arg-type]
+        else:
+            self.store.write_failure(job.cell, _failure_info(job.cell, job.error, attempts))  # type: ignore[arg-type]
+            self.failed.append(job.cell)  # type: ignore[arg-type]
+        bar.update(task, advance=1, status=f"{job.name} {'ok' if job.error is None else 'FAILED'}")
+
+
+class _Job:
+    """A Ray task the dispatcher will start once its inputs exist (identity-hashed)."""
+
+    def __init__(self, name: str, submit: Any, deps: list[_Job] | None = None, cell: Cell | None = None) -> None:
+        self.name, self.submit, self.deps, self.cell = name, submit, deps or [], cell
+        self.ref: Any = None
+        self.finished = False
+        self.error: BaseException | None = None
+
+    def fail(self, exc: BaseException) -> None:
+        self.finished, self.error = True, exc
