@@ -236,7 +236,6 @@ class GridRun:
         self.cells = plan_cells(grid)
         self.done: list[Cell] = []
         self.failed: list[Cell] = []
-        self._reported: set[_Job] = set()
         self.skipped: list[Cell] = []
 
     def _method_class(self, cell: Cell) -> type:
@@ -306,11 +305,12 @@ class GridRun:
 
         _init_ray(self.grid.runner.ray_address)
         runner = self.grid.runner
+        resources = ray.cluster_resources()
         gpus = runner.gpus_per_task
         if gpus is None:
-            gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
-        resources = ray.cluster_resources()
+            gpus = 1 if resources.get("GPU", 0) > 0 else 0
         slots = int(resources.get("GPU", 0) // gpus) if gpus else int(resources.get("CPU", 1) // runner.cpus_per_task)
+        slots = max(1, slots)
         options = {"num_cpus": runner.cpus_per_task, "num_gpus": gpus, "max_retries": runner.max_retries,
                    "retry_exceptions": True}
         jobs = self._plan_jobs(todo, {name: ray.remote(fn).options(**options) for name, fn in
@@ -320,17 +320,16 @@ class GridRun:
         with bar:
             while any(not job.finished for job in jobs):
                 for job in jobs:
-                    if len(in_flight) >= max(1, slots):
+                    if len(in_flight) >= slots:
                         break
                     if job.ref is None and not job.finished and all(d.finished for d in job.deps):
                         failed = next((d for d in job.deps if d.error is not None), None)
                         if failed is not None:  # an input could not be made: so neither can this
                             job.fail(RuntimeError(f"{failed.name} failed: {failed.error}"))
+                            self._report(job, bar, task, attempts=0)
                         else:
                             job.ref = job.submit()
                             in_flight[job.ref] = job
-                    if job.finished and job.cell is not None and job not in self._reported:
-                        self._report(job, bar, task, runner.max_retries + 1)
                 if not in_flight:
                     continue
                 ready, _ = ray.wait(list(in_flight), num_returns=1)
@@ -341,7 +340,7 @@ class GridRun:
                 except Exception as exc:  # noqa: BLE001 - the task already used its retries
                     job.fail(exc)
                 if job.cell is not None:
-                    self._report(job, bar, task, runner.max_retries + 1)
+                    self._report(job, bar, task, attempts=runner.max_retries + 1)
 
     def _plan_jobs(self, todo: list[Cell], tasks: dict[str, Any]) -> list[_Job]:
         """Every job of the run, in dispatch priority order, with its inputs."""
@@ -373,7 +372,6 @@ class GridRun:
         return [j for group in experts.values() for j in group] + list(proxies.values()) + cells
 
     def _report(self, job: _Job, bar: Any, task: Any, attempts: int) -> None:
-        self._reported.add(job)
         if job.error is None:
             self.done.append(job.cell)  # type: ignore[arg-type]
         else:
