@@ -5,6 +5,7 @@ same students, recipe and seeds, so differences between methods are paired."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -17,21 +18,21 @@ from bench.retrieval import retrieval_metrics
 from bench.train import TrainConfig, train_student
 
 
+def _batched(encode: Callable[[slice], torch.Tensor], n: int, batch_size: int) -> torch.Tensor:
+    """``encode`` applied to consecutive slices of ``range(n)``, concatenated on the CPU."""
+    return torch.cat([encode(slice(i, i + batch_size)).cpu() for i in range(0, n, batch_size)])
+
+
 @torch.no_grad()
 def embed_split(
     student: Student, split: Split, text_emb: torch.Tensor, device: torch.device, batch_size: int = 512
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised image and caption embeddings of a val/test split."""
     student.eval().to(device)
-    images = [
-        student.encode_images(normalize_images(split.images[i : i + batch_size].to(device))).cpu()
-        for i in range(0, split.n_images, batch_size)
-    ]
-    texts = [
-        student.encode_texts(text_emb[i : i + batch_size].to(device)).cpu()
-        for i in range(0, split.n_captions, batch_size)
-    ]
-    return torch.cat(images), torch.cat(texts)
+    images = _batched(lambda s: student.encode_images(normalize_images(split.images[s].to(device))),
+                      split.n_images, batch_size)
+    texts = _batched(lambda s: student.encode_texts(text_emb[s].to(device)), split.n_captions, batch_size)
+    return images, texts
 
 
 @torch.no_grad()
@@ -40,13 +41,10 @@ def embed_pairs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised (image, caption) embeddings of every pair of a pair set."""
     student.eval().to(device)
-    out_i, out_t = [], []
-    for start in range(0, len(pairs), batch_size):
-        images, texts = pairs.batch(torch.arange(start, min(start + batch_size, len(pairs))), device)
-        img, txt = student(images, texts)
-        out_i.append(img.cpu())
-        out_t.append(txt.cpu())
-    return torch.cat(out_i), torch.cat(out_t)
+    images = _batched(lambda s: student.encode_images(pairs.batch(torch.arange(len(pairs))[s], device)[0]),
+                      len(pairs), batch_size)
+    texts = _batched(lambda s: student.encode_texts(pairs.text_emb[s].to(device)), len(pairs), batch_size)
+    return images, texts
 
 
 def evaluate_student(
