@@ -64,7 +64,13 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
         ktp, vtp = get_args(tp) or (Any, Any)
-        return {_convert(k, ktp, where): _convert(v, vtp, f"{where}.{k}") for k, v in value.items()}
+        out: dict[Any, Any] = {}
+        for k, v in value.items():
+            key = _convert_key(k, ktp, where)
+            if key in out:
+                raise ConfigError(f"{where}: key {k!r} is given twice (as {key!r})")
+            out[key] = _convert(v, vtp, f"{where}.{k}")
+        return out
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
@@ -103,6 +109,30 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     raise ConfigError(f"{where}: unsupported config type {_describe(tp)}")
 
 
+def _convert_key(key: Any, tp: Any, where: str) -> Any:
+    """A mapping key. Integer keys may also be written as digit strings ("1000"), which is what
+    a ``--set a.1000.b=...`` override and a JSON round trip (:func:`to_dict`) produce."""
+    if tp is int and isinstance(key, str) and key.strip().lstrip("-").isdigit():
+        return int(key)
+    try:
+        return _convert(key, tp, where)
+    except ConfigError:
+        raise ConfigError(f"{where}: key {key!r} is not a valid {_describe(tp)}") from None
+
+
+def check_keys(cls: type, data: dict[str, Any], where: str = "") -> None:
+    """Raise :class:`ConfigError` for the first key of ``data`` that is not an init field of
+    dataclass ``cls``, naming its full path and the closest valid keys."""
+    fields = [f.name for f in dataclasses.fields(cls) if f.init]
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(str(key), fields, n=3)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        loc = f"{where}.{key}" if where else str(key)
+        raise ConfigError(f"unknown config key {loc!r}{hint} (valid keys: {', '.join(sorted(fields))})")
+
+
 def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
     """Build dataclass ``cls`` from a mapping; unknown keys and wrong types are errors."""
     data = {} if data is None else data
@@ -110,13 +140,7 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
         raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {type(data).__name__}")
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = [k for k in data if k not in fields]
-    if unknown:
-        key = unknown[0]
-        close = difflib.get_close_matches(str(key), list(fields), n=3)
-        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        loc = f"{where}.{key}" if where else str(key)
-        raise ConfigError(f"unknown config key {loc!r}{hint} (valid keys: {', '.join(sorted(fields))})")
+    check_keys(cls, data, where)
     kwargs = {}
     for name, field in fields.items():
         loc = f"{where}.{name}" if where else name
@@ -132,10 +156,22 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
         raise ConfigError(f"{where or cls.__name__}: {exc}") from exc
 
 
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
 def to_dict(obj: Any) -> Any:
-    """Plain-data view of a config (for hashing and for result records)."""
+    """Plain-data view of a config (for hashing and for result records).
+
+    A field declared with ``metadata={"omit_if_default": True}`` is left out while it holds its
+    default: a field added after results exist then changes no existing config's hash."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not (f.metadata.get("omit_if_default") and getattr(obj, f.name) == _default(f))}
     if isinstance(obj, (list, tuple)):
         return [to_dict(v) for v in obj]
     if isinstance(obj, dict):
@@ -156,19 +192,42 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return parts, yaml.safe_load(raw)
 
 
+def _override_slot(node: Any, part: str, text: str) -> Any:
+    """The key under which ``part`` addresses ``node``: a list index for a list (``datasets.0``),
+    else a mapping key, matching an existing integer key for a digit string (``budget_params.1000``)."""
+    if isinstance(node, list):
+        try:
+            index = int(part)
+        except ValueError:
+            raise ConfigError(f"override {text!r}: {part!r} must be a list index (0..{len(node) - 1})") from None
+        if not -len(node) <= index < len(node):
+            raise ConfigError(f"override {text!r}: index {index} is out of range (the list has {len(node)} items)")
+        return index
+    if not isinstance(node, dict):
+        raise ConfigError(f"override {text!r}: cannot address {part!r} inside a {type(node).__name__}")
+    if part not in node and part.lstrip("-").isdigit() and int(part) in node:
+        return int(part)
+    return part
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``--set`` overrides to raw config data; validation happens when it is built."""
+    """Apply ``--set`` overrides to raw config data; validation happens when it is built.
+
+    ``a.b.c=value`` sets a nested key (creating missing mappings); a number addresses an item
+    of a list, e.g. ``datasets.0.karpathy.image_root=/data/flickr30k`` or
+    ``methods.4.params.iterations=100``."""
     for text in overrides:
         parts, value = parse_override(text)
-        node = data
+        node: Any = data
         for part in parts[:-1]:
-            nxt = node.get(part)
+            slot = _override_slot(node, part, text)
+            nxt = node[slot] if isinstance(node, list) else node.get(slot)
             if nxt is None:
-                nxt = node[part] = {}
-            if not isinstance(nxt, dict):
+                nxt = node[slot] = {}
+            if not isinstance(nxt, (dict, list)):
                 raise ConfigError(f"override {text!r}: {part!r} is not a mapping")
             node = nxt
-        node[parts[-1]] = value
+        node[_override_slot(node, parts[-1], text)] = value
     return data
 
 

@@ -16,6 +16,7 @@ run exactly.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -75,6 +76,16 @@ class MatchingState:
     iteration: int
     losses: list[float]
     optimizer: dict[str, Any]
+
+
+def math_attention() -> contextlib.AbstractContextManager[None]:
+    """Scaled-dot-product attention by its math (composite) backend: twice differentiable,
+    unlike the fused kernels (on CPU torch 2.13 the inner loop otherwise fails with "derivative
+    for aten::_scaled_dot_product_flash_attention_for_cpu_backward is not implemented"). Only
+    towers with ``attn_implementation: sdpa`` are affected; their gradients equal eager's."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.MATH])
 
 
 def matching_loss(
@@ -146,6 +157,11 @@ class TrajectoryMatcher:
     # ----------------------------------------------------------------- one iteration
     def _unroll(self, images: torch.Tensor, texts: torch.Tensor, lrs: torch.Tensor,
                 start: dict[str, torch.Tensor], gen: torch.Generator) -> dict[str, torch.Tensor]:
+        with math_attention():
+            return self._unroll_steps(images, texts, lrs, start, gen)
+
+    def _unroll_steps(self, images: torch.Tensor, texts: torch.Tensor, lrs: torch.Tensor,
+                      start: dict[str, torch.Tensor], gen: torch.Generator) -> dict[str, torch.Tensor]:
         params = {n: t.to(self.device).detach().requires_grad_(True) for n, t in start.items()}
         n = images.shape[0]
         batch = min(self.cfg.batch_syn or n, n)  # a batch larger than the set would repeat pairs
@@ -174,6 +190,20 @@ class TrajectoryMatcher:
         tgt = {n: t.to(self.device) for n, t in target.items()}
         return matching_loss(final, dev, tgt, self.student.modality_of)
 
+    @staticmethod
+    def backward(loss: torch.Tensor) -> None:
+        """``loss.backward()``, the double backward through the unrolled steps; an op without
+        one (a fused attention kernel) fails here, not in the unroll, so say what to change."""
+        try:
+            loss.backward()
+        except RuntimeError as exc:
+            if "derivative for" in str(exc) and "not implemented" in str(exc):
+                raise RuntimeError(
+                    f"trajectory matching differentiates through training steps (double backward), which an op "
+                    f"of the student does not support ({exc}); for a transformers tower set "
+                    f"image_encoder.attn_implementation: eager") from exc
+            raise
+
     # ----------------------------------------------------------------- the loop
     def run(self, real: PairSet, seed: int, key: str, progress: bool = False,
             stop_after: int | None = None) -> MatchingState:
@@ -193,7 +223,7 @@ class TrajectoryMatcher:
             for it in range(state.iteration, end):
                 loss = self.iteration(images, texts, lrs, seed, it)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                self.backward(loss)
                 opt.step()
                 with torch.no_grad():  # a negative step size is gradient ascent (and an invalid eval lr)
                     lrs.clamp_(min=0.0)

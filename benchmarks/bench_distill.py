@@ -17,8 +17,18 @@ Peak memory of an iteration: the process's resident-set peak minus its size just
 (``bench.measure.measure``; freed heap memory is handed back to the OS first, so each iteration
 starts from a clean baseline), plus the allocator's peak on CUDA.
 
+LoRA matching (``--tower vit``): the same student with a pretrained-style ViT tower (random
+weights saved to a temp directory and loaded like a local checkpoint; the config's text head)
+matched two ways: full-parameter (every tower weight is trainable, recorded and unrolled) and
+LoRA (the tower frozen, rank-r adapters on the query/value projections). Per variant:
+trainable parameters, expert buffer bytes (one recorded epoch as safetensors, and the buffer
+of a paper-sized run: 20 experts x (start + 3 epochs)), iteration wall time against plain
+steps, and peak memory.
+
     python benchmarks/bench_distill.py                        # syn_steps 2 4 8 16, batch 50 of 100
     python benchmarks/bench_distill.py --syn-steps 8 32 --device cuda
+    python benchmarks/bench_distill.py --tower vit            # ViT-Tiny shape: hidden 192, 12 layers, patch 8, 32 px
+    python benchmarks/bench_distill.py --tower vit --vit-hidden 384 --vit-layers 12 --vit-patch 16 --vit-resolution 64
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ import ctypes.util
 import gc
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -44,7 +55,9 @@ from bench.env import format_machine, pick_device  # noqa: E402
 from bench.grid import load_grid  # noqa: E402
 from bench.matching import MatchingConfig, TrajectoryMatcher  # noqa: E402
 from bench.measure import Cost, measure  # noqa: E402
-from bench.models.student import Student, build_student, contrastive_loss  # noqa: E402
+from bench.models.image_encoders import ImageEncoderConfig  # noqa: E402
+from bench.models.lora import LoraConfig  # noqa: E402
+from bench.models.student import ModelConfig, Student, build_student, contrastive_loss  # noqa: E402
 
 TEXT_DIM = 384  # all-MiniLM-L6-v2, the quickstart text encoder
 
@@ -168,12 +181,106 @@ def bench_syn_steps(args: argparse.Namespace, syn_steps: int, student: Student, 
     return out
 
 
+def _param_counts(student: Student) -> tuple[int, int]:
+    params = student.trainable_parameters()
+    n_img = sum(p.numel() for n, p in params.items() if student.modality_of(n) == "image")
+    n_txt = sum(p.numel() for n, p in params.items() if student.modality_of(n) == "text")
+    return n_img, n_txt
+
+
+def _expert_bytes(student: Student, snapshots: int) -> tuple[int, int]:
+    """(one recorded epoch, one expert file of ``snapshots`` epochs) as safetensors bytes, keyed
+    as bench.experts writes them."""
+    from safetensors.torch import save
+
+    params = {n: p.detach().cpu().contiguous() for n, p in student.trainable_parameters().items()}
+    one = len(save({f"000/{n}": t for n, t in params.items()}))
+    file = len(save({f"{e:03d}/{n}": t.clone() for e in range(snapshots) for n, t in params.items()}))
+    return one, file
+
+
+def tower_models(args: argparse.Namespace, base: ModelConfig, directory: Path) -> dict[str, ModelConfig]:
+    """Save a random-weight ViT to ``directory``; the full-parameter and the LoRA student on it."""
+    from transformers import ViTConfig, ViTModel
+
+    vit = ViTConfig(hidden_size=args.vit_hidden, num_hidden_layers=args.vit_layers,
+                    num_attention_heads=args.vit_heads, intermediate_size=4 * args.vit_hidden,
+                    image_size=args.vit_resolution, patch_size=args.vit_patch)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(args.seed)
+        ViTModel(vit).save_pretrained(directory)
+    encoder = ImageEncoderConfig(name="hf", path=str(directory))
+    lora = LoraConfig(rank=args.lora_rank, alpha=2.0 * args.lora_rank)
+    return {"full": replace(base, image_encoder=encoder),
+            f"lora r{args.lora_rank}": replace(base, image_encoder=replace(encoder, lora=lora))}
+
+
+def run_tower(args: argparse.Namespace, grid_model: ModelConfig, device: torch.device) -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" / "Writing model shards" bars
+    tokens = (args.vit_resolution // args.vit_patch) ** 2 + 1
+    snapshots = 1 + args.paper_epochs
+    args.resolution = args.vit_resolution
+    with tempfile.TemporaryDirectory(prefix="bench-vit-") as tmp:
+        models = tower_models(args, grid_model, Path(tmp) / "vit")
+        print(format_machine())
+        print(f"device {device}; ViT tower (random weights, eager attention) hidden {args.vit_hidden}, "
+              f"{args.vit_layers} layers, {args.vit_heads} heads, patch {args.vit_patch}, {args.vit_resolution} px "
+              f"({tokens} tokens); {grid_model.text_head} text head {TEXT_DIM} -> {grid_model.embed_dim or args.vit_hidden}; "
+              f"LoRA on q_proj/v_proj, alpha 2r, dropout 0")
+        print(f"synthetic set {args.n_syn} pairs, batch_syn {args.batch_syn}; median of {args.repeats} "
+              f"(after 1 warm-up), memory of one more iteration; plain = syn_steps SGD steps without create_graph")
+        print(f"buffer = {args.paper_experts} experts x {snapshots} recorded epochs (start + {args.paper_epochs})")
+        header = (f"{'matching':<9}  {'image params':>12}  {'text params':>11}  {'MiB/epoch':>9}  {'buffer MiB':>10}  "
+                  f"{'syn_steps':>9}  {'iteration s':>11}  {'plain s':>7}  {'ratio':>5}  {'peak RSS +MiB':>13}")
+        if device.type == "cuda":
+            header += f"  {'peak CUDA MiB':>13}"
+        print(header)
+        rows: dict[str, list[dict[str, float]]] = {}
+        for label, model in models.items():
+            args.model = model
+            student = build_student(model, args.resolution, TEXT_DIM, args.seed)
+            n_img, n_txt = _param_counts(student)
+            per_epoch, per_expert = _expert_bytes(student, snapshots)
+            buffer = per_expert * args.paper_experts
+            experts = RandomExperts(student, args.matching.max_start_epoch + args.matching.expert_epochs, args.seed + 1)
+            for syn_steps in args.syn_steps:
+                r = bench_syn_steps(args, syn_steps, student, experts, device)
+                r.update(per_epoch=per_epoch, buffer=buffer, n_img=n_img)
+                rows.setdefault(label, []).append(r)
+                line = (f"{label:<9}  {n_img:>12,}  {n_txt:>11,}  {per_epoch / 2**20:>9.3f}  {buffer / 2**20:>10.1f}  "
+                        f"{syn_steps:>9}  {r['iteration_s']:>11.3f}  {r['plain_s']:>7.3f}  {r['ratio']:>5.1f}  "
+                        f"{r['rss_mb']:>13.1f}")
+                if "cuda_mb" in r:
+                    line += f"  {r['cuda_mb']:>13.1f}"
+                print(line, flush=True)
+        (full_label, full), (lora_label, lora) = rows.items()
+        for f, lo in zip(full, lora):
+            print(f"{lora_label} / full at syn_steps {f['syn_steps']}: trainable image params x{lo['n_img'] / f['n_img']:.4f}, "
+                  f"expert bytes x{lo['per_epoch'] / f['per_epoch']:.4f}, iteration time x{lo['iteration_s'] / f['iteration_s']:.2f}, "
+                  f"peak RSS growth x{lo['rss_mb'] / max(f['rss_mb'], 1e-9):.2f}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--syn-steps", type=int, nargs="+", default=[2, 4, 8, 16])
-    parser.add_argument("--batch-syn", type=int, default=50)
-    parser.add_argument("--n-syn", type=int, default=100, help="pairs in the synthetic set")
+    parser.add_argument("--tower", choices=["config", "vit"], default="config",
+                        help="config: the config's student at several syn_steps; vit: full-parameter vs LoRA "
+                             "matching of one ViT tower")
+    parser.add_argument("--syn-steps", type=int, nargs="+", default=None,
+                        help="default 2 4 8 16 (--tower config), 4 8 (--tower vit)")
+    parser.add_argument("--batch-syn", type=int, default=None, help="default 50 (config), 20 (vit)")
+    parser.add_argument("--n-syn", type=int, default=None, help="pairs in the synthetic set; default 100 (config), 40 (vit)")
     parser.add_argument("--repeats", type=int, default=3)
+    vit = parser.add_argument_group("--tower vit")
+    vit.add_argument("--vit-hidden", type=int, default=192)
+    vit.add_argument("--vit-layers", type=int, default=12)
+    vit.add_argument("--vit-heads", type=int, default=3)
+    vit.add_argument("--vit-patch", type=int, default=8)
+    vit.add_argument("--vit-resolution", type=int, default=32, help="image size in px")
+    vit.add_argument("--lora-rank", type=int, default=8)
+    vit.add_argument("--paper-experts", type=int, default=20, help="experts of the buffer size reported")
+    vit.add_argument("--paper-epochs", type=int, default=3, help="recorded epochs per expert (plus the start)")
     parser.add_argument("--config", default=str(REPO / "configs" / "quickstart.yaml"),
                         help="grid whose model and (first) dataset resolution are used")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
@@ -181,6 +288,12 @@ def main() -> int:
                         help="torch CPU threads (default: the config's runner.cpus_per_task, what a cell gets)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    vit_mode = args.tower == "vit"
+    args.syn_steps = args.syn_steps or ([4, 8] if vit_mode else [2, 4, 8, 16])
+    args.batch_syn = args.batch_syn or (20 if vit_mode else 50)
+    args.n_syn = args.n_syn or (40 if vit_mode else 100)
+    if vit_mode and (args.vit_hidden % args.vit_heads or args.vit_resolution % args.vit_patch):
+        parser.error("--vit-hidden must be divisible by --vit-heads and --vit-resolution by --vit-patch")
     if args.n_syn < 2 or args.batch_syn < 2 or args.repeats < 1 or min(args.syn_steps) < 1:
         parser.error("--n-syn and --batch-syn must be >= 2, --repeats and every --syn-steps >= 1")
     device = pick_device(args.device)
@@ -189,11 +302,12 @@ def main() -> int:
     args.model = grid.model
     args.resolution = grid.datasets[0].embedded.resolution if grid.datasets[0].source == "embedded" else 32
     args.matching = MatchingConfig(batch_syn=args.batch_syn, checkpoint_every=0)
+    if vit_mode:
+        run_tower(args, grid.model, device)
+        return 0
     student = build_student(args.model, args.resolution, TEXT_DIM, args.seed)
     experts = RandomExperts(student, args.matching.max_start_epoch + args.matching.expert_epochs, args.seed + 1)
-    params = student.trainable_parameters()
-    n_img = sum(p.numel() for n, p in params.items() if student.modality_of(n) == "image")
-    n_txt = sum(p.numel() for n, p in params.items() if student.modality_of(n) == "text")
+    n_img, n_txt = _param_counts(student)
     enc = args.model.image_encoder
     print(format_machine())
     print(f"device {device}; model {enc.name} width {enc.width} depth {enc.depth} at {args.resolution} px, "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -18,6 +18,7 @@ from torch import nn
 
 from bench.data.types import IMAGE_MEAN, IMAGE_STD
 from bench.models.convnet import ConvNet
+from bench.models.lora import BASE_SEED, LoraConfig, apply_lora, check_missing_weights
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,10 @@ class ImageEncoderConfig:
     """name: convnet | hf | timm.
     convnet: width, depth (trained from scratch).
     hf: path = a local transformers model directory (ViT, CLIP, ConvNeXt, ResNet, ...);
-        attn_implementation 'eager' so double backward works on CPU.
+        attn_implementation 'eager' so double backward works on CPU ('sdpa' works too: the
+        matcher's inner loop runs under the math SDPA backend, see bench/models/lora.py);
+        lora = a :class:`LoraConfig` to train low-rank adapters of the frozen tower instead of
+        the whole tower (None: full fine-tuning).
     timm: timm_name (e.g. 'nfnet_l0'), path = optional local checkpoint file."""
 
     name: Literal["convnet", "hf", "timm"] = "convnet"
@@ -35,8 +39,13 @@ class ImageEncoderConfig:
     timm_name: str | None = None
     attn_implementation: str = "eager"
     pretrained: bool = True
+    # Left out of to_dict (and so of config hashes) while None: records and expert caches made
+    # before the field existed stay valid.
+    lora: LoraConfig | None = field(default=None, metadata={"omit_if_default": True})
 
     def __post_init__(self) -> None:
+        if self.lora is not None and self.name != "hf":
+            raise ValueError(f"lora is only supported for name 'hf' (a transformers image tower), not {self.name!r}")
         if self.name in ("hf",) and not self.path:
             raise ValueError("image_encoder.path must name a local model directory for name 'hf'")
         if self.name == "timm" and not self.timm_name:
@@ -75,20 +84,34 @@ class HFImageEncoder(nn.Module):
         hf_config = AutoConfig.from_pretrained(directory, local_files_only=True)
         kwargs = {"local_files_only": True, "attn_implementation": cfg.attn_implementation}
         cls = CLIPVisionModel if hf_config.model_type == "clip" else AutoModel
-        if cfg.pretrained:
-            self.model = cls.from_pretrained(directory, **kwargs)
-        else:
+
+        def load() -> tuple[nn.Module, list[str]]:
+            if cfg.pretrained:
+                model, info = cls.from_pretrained(directory, output_loading_info=True, **kwargs)
+                return model, sorted(info.get("missing_keys", ()))
             vision_config = hf_config.vision_config if hf_config.model_type == "clip" else hf_config
-            self.model = cls.from_config(vision_config, attn_implementation=cfg.attn_implementation)
+            return cls.from_config(vision_config, attn_implementation=cfg.attn_implementation), []
+
+        if cfg.lora is None:
+            model, _ = load()
+        else:
+            # The frozen tower must not depend on the student seed (expert files hold only the
+            # adapters): load it under a fixed seed, in a fork so the adapters' initialisation
+            # (drawn next, from the student seed) does not depend on what loading drew.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(BASE_SEED)
+                model, missing = load()
+            check_missing_weights(missing, cfg.lora)
+        self._interpolate = "interpolate_pos_encoding" in inspect.signature(model.forward).parameters
+        hidden = getattr(model.config, "hidden_size", None) or model.config.hidden_sizes[-1]
+        self.out_dim = int(hidden)
+        self.model = model if cfg.lora is None else apply_lora(model, cfg.lora)
         mean, std = list(IMAGE_MEAN), list(IMAGE_STD)
         processor = directory / "preprocessor_config.json"
         if processor.is_file():
             data = json.loads(processor.read_text())
             mean, std = data.get("image_mean", mean), data.get("image_std", std)
         self.renormalize = _Renormalize(mean, std)
-        self._interpolate = "interpolate_pos_encoding" in inspect.signature(self.model.forward).parameters
-        hidden = getattr(self.model.config, "hidden_size", None) or self.model.config.hidden_sizes[-1]
-        self.out_dim = int(hidden)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         kwargs = {"interpolate_pos_encoding": True} if self._interpolate else {}
