@@ -55,7 +55,8 @@ def package_versions() -> dict[str, str | None]:
     from importlib.metadata import PackageNotFoundError, version
 
     out: dict[str, str | None] = {}
-    for name in ("vl-distill-bench", "torch", "transformers", "peft", "faiss-cpu", "faiss-gpu", "ray", "numpy", "timm"):
+    for name in ("vl-distill-bench", "torch", "transformers", "peft", "faiss-cpu", "faiss-gpu", "faiss-gpu-cu12",
+                 "faiss-gpu-cu11", "ray", "numpy", "timm"):
         try:
             out[name] = version(name)
         except PackageNotFoundError:

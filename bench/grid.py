@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from bench.config import ConfigError, apply_overrides, from_dict, load_yaml, stable_hash_config, to_dict
+from bench.config import ConfigError, apply_overrides, check_keys, from_dict, load_yaml, stable_hash_config, to_dict
 from bench.data.datasets import DatasetConfig
 from bench.experts import ExpertConfig
 from bench.io import stable_hash
@@ -41,11 +41,21 @@ class EvaluationConfig:
 @dataclass(frozen=True)
 class MethodSpec:
     """A method of the grid: its registered name, its parameters, and an optional label to
-    run the same method twice with different parameters."""
+    run the same method twice with different parameters.
+
+    ``budget_params`` holds per-budget overrides, merged over ``params`` for that budget only
+    (the papers tune e.g. distillation learning rates per number of pairs)::
+
+        {name: distill-joint, params: {lr_img: 1000}, budget_params: {1000: {lr_img: 5000}}}
+
+    Every key must be one of the grid's ``budgets`` and every merged set must be valid for the
+    method (checked at load time); a cell's hash covers only its own budget's resolved params.
+    """
 
     name: str
     params: dict[str, Any] = field(default_factory=dict)
     label: str | None = None
+    budget_params: dict[int, dict[str, Any]] = field(default_factory=dict, metadata={"omit_if_default": True})
 
     @staticmethod
     def coerce_config(value: Any) -> Any:
@@ -55,21 +65,35 @@ class MethodSpec:
     def key(self) -> str:
         return self.label or self.name
 
+    def params_for(self, budget: int | None) -> dict[str, Any]:
+        """The raw (unvalidated) parameters of ``budget``: ``params`` updated by its override."""
+        override = self.budget_params.get(budget) if budget is not None else None
+        return {**self.params, **override} if override else dict(self.params)
+
 
 @dataclass(frozen=True)
 class RunnerConfig:
     """executor 'ray' (one task per cell; a local cluster unless ray_address is given) or
-    'local' (in-process, sequential). gpus_per_task None = 1 when the cluster has GPUs."""
+    'local' (in-process, sequential). Every task trains a student (expert, proxy, method +
+    evaluation), so each asks for ``gpus_per_task`` GPUs (None = 1 when the cluster has GPUs,
+    else 0) and ``cpus_per_task`` CPUs (also its torch thread count). ``max_concurrent`` caps
+    the tasks in flight (None = as many as the cluster's GPUs, or CPUs, allow). max_retries
+    counts retries of a task whose worker died or that raised."""
 
     executor: Literal["ray", "local"] = "ray"
     ray_address: str | None = None
     max_retries: int = 1
     cpus_per_task: int = 1
     gpus_per_task: float | None = None
+    max_concurrent: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_retries < 0 or self.cpus_per_task < 1:
             raise ValueError("max_retries must be >= 0 and cpus_per_task >= 1")
+        if self.gpus_per_task is not None and self.gpus_per_task < 0:
+            raise ValueError("gpus_per_task must be >= 0")
+        if self.max_concurrent is not None and self.max_concurrent < 1:
+            raise ValueError("max_concurrent must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -104,6 +128,13 @@ class GridConfig:
             raise ValueError(f"budgets must be positive integers, got {list(self.budgets)}")
         if not self.method_seeds:
             raise ValueError("method_seeds must list at least one seed")
+        for i, spec in enumerate(self.methods):
+            unknown = sorted(set(spec.budget_params) - set(self.budgets))
+            if unknown:
+                raise ValueError(
+                    f"methods[{i}] ({spec.key}).budget_params.{unknown[0]}: budget {unknown[0]} is not in "
+                    f"budgets {list(self.budgets)} (an override for a budget the grid does not run; "
+                    "remove it, or add the budget)")
 
     @property
     def config_hash(self) -> str:
@@ -147,29 +178,56 @@ def plan_cells(grid: GridConfig) -> list[Cell]:
 
 
 def cell_hash(grid: GridConfig, cell: Cell) -> str:
-    """Everything that determines a cell's result; a record with another hash is stale."""
+    """Everything that determines a cell's result; a record with another hash is stale.
+
+    The method enters with the parameters of the cell's own budget (``params`` merged with its
+    ``budget_params`` entry), so editing the override of one budget leaves the other budgets'
+    records valid; a spec without overrides hashes exactly as before overrides existed."""
     spec = grid.method(cell.method)
+    method = {"name": spec.name, "params": spec.params_for(cell.budget), "label": spec.label}
     return stable_hash({
         "dataset": to_dict(grid.dataset(cell.dataset)), "model": to_dict(grid.model),
         "evaluation": to_dict(grid.evaluation), "proxy": to_dict(grid.proxy), "experts": to_dict(grid.experts),
-        "method": to_dict(spec), "budget": cell.budget, "seed": cell.method_seed,
+        "method": to_dict(method), "budget": cell.budget, "seed": cell.method_seed,
     })
 
 
-def method_params(spec: MethodSpec, where: str) -> Any:
-    """Validate a method spec against the registry: the method exists, its params fit."""
+def method_params(spec: MethodSpec, where: str, budget: int | None = None) -> Any:
+    """Validate a method spec against the registry: the method exists, its params fit.
+
+    With ``budget``, the params of that budget (``params`` merged with its ``budget_params``
+    entry); an error in the override names the override's path, e.g.
+    ``methods[4] (distill-joint).budget_params.1000.lr_imgg``."""
     from bench.registry import UnknownMethodError, get_method
 
     try:
         cls = get_method(spec.name)
     except UnknownMethodError as exc:
         raise ConfigError(f"{where}: {exc}") from None
-    return from_dict(cls.Params, spec.params, f"{where}.params")
+    override = spec.budget_params.get(budget) if budget is not None else None
+    if not override:
+        return from_dict(cls.Params, spec.params, f"{where}.params")
+    override_where = f"{where}.budget_params.{budget}"
+    check_keys(cls.Params, spec.params, f"{where}.params")
+    check_keys(cls.Params, override, override_where)
+    return from_dict(cls.Params, spec.params_for(budget), override_where)
+
+
+def cell_method_params(grid: GridConfig, cell: Cell) -> Any:
+    """The validated parameters (the method's ``Params`` instance) that ``cell`` runs with."""
+    spec = grid.method(cell.method)
+    return method_params(spec, f"method {spec.key}", cell.budget)
 
 
 def validate_methods(grid: GridConfig) -> None:
+    """Every method exists and its params fit, for every budget of the grid (each budget's
+    override merged over ``params``)."""
     for i, spec in enumerate(grid.methods):
-        method_params(spec, f"methods[{i}] ({spec.key})")
+        where = f"methods[{i}] ({spec.key})"
+        if any(not spec.budget_params.get(b) for b in grid.budgets):  # some budget runs `params` as is
+            method_params(spec, where)
+        for budget in sorted(spec.budget_params):
+            method_params(spec, where, budget)
 
 
 def load_grid(path: str | Path, overrides: list[str] | None = None) -> GridConfig:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +34,27 @@ def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+TEMP_GLOB = ".*.tmp"  # the names atomic_path gives its temporary files
+
+
+def remove_stale_temp_files(root: str | os.PathLike[str], older_than_s: float = 0.0) -> list[Path]:
+    """Delete temporary files that a killed writer left under ``root`` (only those not
+    modified for ``older_than_s`` seconds, so a live writer elsewhere keeps its file)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    now = time.time()
+    removed = []
+    for path in root.rglob(TEMP_GLOB):
+        try:
+            if path.is_file() and now - path.stat().st_mtime >= older_than_s:
+                path.unlink()
+                removed.append(path)
+        except FileNotFoundError:  # its writer finished (renamed it) meanwhile
+            continue
+    return removed
 
 
 def write_atomic(final: str | os.PathLike[str], writer: Callable[[Path], None]) -> Path:

@@ -129,13 +129,21 @@ def _capped_ranks(
     return np.where(found, np.minimum(count, cap), cap)
 
 
+def faiss_has_gpu() -> bool:
+    """True when the installed faiss is a GPU build and sees at least one GPU (faiss-cpu
+    lacks ``StandardGpuResources``; a GPU build on a machine without GPUs reports 0)."""
+    import faiss
+
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
 def _search_faiss(
     queries: torch.Tensor, database: torch.Tensor, k: int, use_gpu: bool | None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact inner-product top-k with an IndexFlatIP (on a GPU when asked / available)."""
     import faiss
 
-    gpu_ok = hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+    gpu_ok = faiss_has_gpu()
     if use_gpu and not gpu_ok:
         raise RuntimeError(
             "use_gpu=True but this faiss build has no GPU support or sees no GPU "

@@ -21,8 +21,8 @@ from bench.data.datasets import PreparedDataset, prepare_dataset
 from bench.env import git_commit, machine_info, pick_device
 from bench.evaluate import SeedResult, evaluate_pair_set, summarize
 from bench.experts import TrajectoryBuffer, ensure_experts, open_buffer, train_expert
-from bench.grid import Cell, GridConfig, cell_hash, method_params, plan_cells
-from bench.io import stable_hash
+from bench.grid import Cell, GridConfig, RunnerConfig, cell_hash, cell_method_params, plan_cells
+from bench.io import remove_stale_temp_files, stable_hash
 from bench.measure import measure
 from bench.methods_api import MethodContext, MethodOutput
 from bench.proxy import ProxyRun, load_or_compute_proxy
@@ -121,7 +121,7 @@ def execute_cell(grid: GridConfig, cell: Cell, progress: bool = False) -> dict[s
     data = prepared(grid, cell.dataset, progress)
     spec = grid.method(cell.method)
     cls = get_method(spec.name)
-    method = cls(method_params(spec, f"method {spec.key}"))
+    method = cls(cell_method_params(grid, cell))
     seed = 0 if cell.method_seed is None else cell.method_seed
     shared = _SharedArtifacts(grid, cls, data, seed, device, progress)
     ctx = MethodContext(data, grid.model, device, Path(grid.cache_dir), shared.proxy, progress, shared.experts)
@@ -183,12 +183,29 @@ def _failure_info(cell: Cell, exc: BaseException, attempts: int) -> dict[str, An
 
 # ----------------------------------------------------------------------------- executors
 
+def task_slots(runner: RunnerConfig, resources: dict[str, float]) -> tuple[float, int]:
+    """GPUs per task and how many tasks to keep in flight on a cluster with ``resources``."""
+    gpus = runner.gpus_per_task
+    if gpus is None:
+        gpus = 1 if resources.get("GPU", 0) > 0 else 0
+    if gpus:
+        slots = int(resources.get("GPU", 0) // gpus)
+    else:
+        slots = int(resources.get("CPU", 1) // runner.cpus_per_task)
+    if runner.max_concurrent is not None:
+        slots = min(slots, runner.max_concurrent)
+    return gpus, max(1, slots)
+
+
 def _ray_cell(grid_data: dict, cell_data: dict, plugins: list[str], threads: int) -> str:
-    """Body of a Ray task (module-level so workers can import it)."""
+    """Body of a Ray task (module-level so workers can import it). A retry of a task whose
+    worker died after writing the record finds it and does not redo (or rewrite) the cell."""
     torch.set_num_threads(threads)
     load_plugins(plugins)
     grid = from_dict(GridConfig, grid_data)
-    execute_cell(grid, Cell(**cell_data))
+    cell = Cell(**cell_data)
+    if not ResultStore(grid.results_dir).finished(cell, cell_hash(grid, cell)):
+        execute_cell(grid, cell)
     return cell_data["dataset"]
 
 
@@ -256,12 +273,17 @@ class GridRun:
     def run(self) -> GridRun:
         load_plugins(self.plugins)
         self.check_budgets()  # also prepares every dataset (and its caches) once, up front
+        # Temp files of writers killed mid-write (a crashed driver or worker). Results: all of
+        # them, nothing else writes here; the shared cache: only ones no live writer could own.
+        remove_stale_temp_files(self.grid.results_dir)
+        remove_stale_temp_files(self.grid.cache_dir, older_than_s=3600)
         todo = self.pending()
         if todo:
             if self.grid.runner.executor == "local":
                 self._run_local(todo)
             else:
                 self._run_ray(todo)
+            remove_stale_temp_files(self.grid.results_dir)
         return self
 
     def _bar(self, total: int):
@@ -305,12 +327,9 @@ class GridRun:
 
         _init_ray(self.grid.runner.ray_address)
         runner = self.grid.runner
-        resources = ray.cluster_resources()
-        gpus = runner.gpus_per_task
-        if gpus is None:
-            gpus = 1 if resources.get("GPU", 0) > 0 else 0
-        slots = int(resources.get("GPU", 0) // gpus) if gpus else int(resources.get("CPU", 1) // runner.cpus_per_task)
-        slots = max(1, slots)
+        gpus, slots = task_slots(runner, ray.cluster_resources())
+        # max_retries covers a worker that died (killed, out of memory, node lost) as well as
+        # an exception; a retried cell whose record already exists returns at once.
         options = {"num_cpus": runner.cpus_per_task, "num_gpus": gpus, "max_retries": runner.max_retries,
                    "retry_exceptions": True}
         jobs = self._plan_jobs(todo, {name: ray.remote(fn).options(**options) for name, fn in

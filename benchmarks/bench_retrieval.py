@@ -2,7 +2,8 @@
 
 Random embeddings at a test-split size (default 5,000 images x 25,000 captions x 512-d);
 captions are their image plus noise so recalls are neither 0 nor 100. Prints best-of-N and
-median wall seconds per backend and checks that the two backends return identical numbers.
+median wall seconds per backend (faiss and torch on CPU; faiss GPU and torch CUDA as well
+where a GPU and a faiss GPU build are present) and checks that all return identical numbers.
 
     python benchmarks/bench_retrieval.py --images 5000 --captions-per-image 5 --dim 512 --repeats 3
 """
@@ -20,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anyw
 import torch  # noqa: E402
 
 from bench.env import format_machine, machine_info  # noqa: E402
-from bench.retrieval import retrieval_metrics  # noqa: E402
+from bench.retrieval import faiss_has_gpu, retrieval_metrics  # noqa: E402
 
 
 def main() -> int:
@@ -41,19 +42,30 @@ def main() -> int:
     print(format_machine(machine_info()))
     print(f"{args.images} images x {texts.shape[0]} captions x {args.dim}-d, ks=(1, 5, 10), "
           f"best/median of {args.repeats}")
+    variants = {"faiss cpu": ("faiss", False), "torch cpu": ("torch", False)}
+    if faiss_has_gpu():
+        variants["faiss gpu"] = ("faiss", True)
+    else:
+        print("  faiss gpu: not measured (this faiss build has no GPU support or sees no GPU; "
+              "swap faiss-cpu for a faiss GPU build on a GPU machine)")
+    if torch.cuda.is_available():
+        variants["torch cuda"] = ("torch", True)
     results = {}
-    for backend in ("faiss", "torch"):
+    for label, (backend, use_gpu) in variants.items():
         times = []
         for _ in range(args.repeats):
             start = time.perf_counter()
-            results[backend] = retrieval_metrics(images, texts, text_to_image, backend=backend)
+            results[label] = retrieval_metrics(images, texts, text_to_image, backend=backend, use_gpu=use_gpu)
             times.append(time.perf_counter() - start)
-        print(f"  {backend:<5}  best {min(times):7.3f} s  median {statistics.median(times):7.3f} s")
-    same = results["faiss"] == results["torch"]
-    print("  metrics: " + ", ".join(f"{k} {v:.2f}" for k, v in results["faiss"].items()))
-    print(f"  faiss == torch: {same}")
-    if not same:
-        print(f"  torch metrics: {results['torch']}")
+        print(f"  {label:<10}  best {min(times):7.3f} s  median {statistics.median(times):7.3f} s")
+    reference = results["faiss cpu"]
+    print("  metrics: " + ", ".join(f"{k} {v:.2f}" for k, v in reference.items()))
+    same = True
+    for label, metrics in results.items():
+        if label != "faiss cpu":
+            agree = metrics == reference
+            same &= agree
+            print(f"  {label} == faiss cpu: {agree}" + ("" if agree else f"  ({metrics})"))
     return 0 if same else 1
 
 

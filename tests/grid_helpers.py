@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 from typing import Any
 
 from bench.config import from_dict
 from bench.grid import GridConfig
+
+REPO = Path(__file__).resolve().parent.parent
 
 PLUGIN_SOURCE = '''
 """A method plugin that lives outside the repository."""
@@ -47,3 +51,31 @@ def tiny_grid(tmp_path: Path, **overrides: Any) -> GridConfig:
     }
     data.update(overrides)
     return from_dict(GridConfig, data)
+
+
+def records(results: Path) -> dict[str, dict]:
+    """The finished records of a results directory, by cell id."""
+    return {p.stem: json.loads(p.read_text()) for p in sorted((results / "records").glob("*.json"))
+            if not p.name.endswith(".failed.json")}
+
+
+def metrics(recs: dict[str, dict]) -> dict[str, list]:
+    return {k: [s["metrics"] for s in r["per_seed"]] for k, r in recs.items()}
+
+
+def cli_args(tmp_path: Path, results: Path, plugin: Path, executor: str, **extra: Any) -> list[str]:
+    """``run_bench.py`` on a tiny embedded grid (7 cells with the default methods/budgets);
+    ``extra`` adds or replaces ``--set`` overrides."""
+    sets: dict[str, Any] = {
+        "results_dir": results, "cache_dir": tmp_path / "cache",
+        "datasets": "[{source: embedded, embedded: {n_train_images: 60, n_val_images: 4, n_test_images: 30, resolution: 16}}]",
+        "model.image_encoder.width": 8, "model.image_encoder.depth": 2,
+        "evaluation.seeds": "[0, 1]", "evaluation.train.epochs": 30, "evaluation.train.batch_size": 10,
+        "evaluation.full_train.epochs": 2, "proxy.epochs": 1, "budgets": "[10, 20]",
+        "methods": "[random, kcenter, first-k]",
+        **extra,
+    }
+    args = [sys.executable, str(REPO / "run_bench.py"), "--no-progress", "--executor", executor, "--plugin", str(plugin)]
+    for k, v in sets.items():
+        args += ["--set", f"{k}={v}"]
+    return args

@@ -70,3 +70,112 @@ def test_missing_and_malformed_config_file(tmp_path):
     bad.write_text("name: [unclosed\n")
     with pytest.raises(ConfigError, match="invalid YAML"):
         load_experiment(bad)
+
+
+# --- per-budget method parameters (MethodSpec.budget_params) --------------------------------
+
+_MATCHING = {"iterations": 10, "syn_steps": 4, "lr_img": 100.0}
+
+
+def _budget_grid(budget_params, budgets=(100, 1000), params=None):
+    return {"name": "x", "budgets": list(budgets), "methods": [
+        "random", {"name": "distill-joint", "params": dict(params or _MATCHING), "budget_params": budget_params}]}
+
+
+def _distill_cells(grid):
+    from bench.grid import plan_cells
+
+    return {c.budget: c for c in plan_cells(grid) if c.method == "distill-joint"}
+
+
+def test_budget_params_apply_to_their_budget_only():
+    from bench.grid import cell_method_params, validate_methods
+
+    grid = from_dict(ExperimentConfig, _budget_grid({1000: {"lr_img": 5000, "iterations": 3}}))
+    validate_methods(grid)
+    cells = _distill_cells(grid)
+    small, large = cell_method_params(grid, cells[100]), cell_method_params(grid, cells[1000])
+    assert (small.lr_img, small.iterations, small.syn_steps) == (100.0, 10, 4)
+    assert (large.lr_img, large.iterations, large.syn_steps) == (5000.0, 3, 4)  # merged over params
+    assert grid.methods[1].params == _MATCHING  # the base params are not modified
+
+
+def test_budget_override_changes_only_its_own_cell_hash():
+    from bench.grid import cell_hash
+
+    a = from_dict(ExperimentConfig, _budget_grid({1000: {"lr_img": 5000}}))
+    b = from_dict(ExperimentConfig, _budget_grid({1000: {"lr_img": 6000}}))
+    plain = from_dict(ExperimentConfig, _budget_grid({}))
+    ca, cb, cp = _distill_cells(a), _distill_cells(b), _distill_cells(plain)
+    assert cell_hash(a, ca[100]) == cell_hash(b, cb[100]) == cell_hash(plain, cp[100])
+    assert cell_hash(a, ca[1000]) != cell_hash(b, cb[1000])
+    assert cell_hash(a, ca[1000]) != cell_hash(plain, cp[1000])
+    # An override that restates a base value resolves to the same params: same cell.
+    same = from_dict(ExperimentConfig, _budget_grid({1000: {"lr_img": 100.0}}))
+    assert cell_hash(same, _distill_cells(same)[1000]) == cell_hash(plain, cp[1000])
+
+
+def test_spec_without_overrides_hashes_as_before_overrides_existed():
+    """Records written before budget_params existed must stay valid (not re-run)."""
+    from bench.grid import cell_hash, plan_cells
+    from bench.io import stable_hash
+
+    grid = from_dict(ExperimentConfig, _budget_grid({}))
+    for cell in plan_cells(grid):
+        spec = grid.method(cell.method)
+        legacy = stable_hash({
+            "dataset": to_dict(grid.dataset(cell.dataset)), "model": to_dict(grid.model),
+            "evaluation": to_dict(grid.evaluation), "proxy": to_dict(grid.proxy), "experts": to_dict(grid.experts),
+            "method": {"name": spec.name, "params": spec.params, "label": spec.label},
+            "budget": cell.budget, "seed": cell.method_seed,
+        })
+        assert cell_hash(grid, cell) == legacy
+
+
+def test_budget_params_errors_name_their_path():
+    from bench.grid import validate_methods
+
+    with pytest.raises(ConfigError) as err:
+        validate_methods(from_dict(ExperimentConfig, _budget_grid({1000: {"lr_imgg": 5000}})))
+    msg = str(err.value)
+    assert "methods[1] (distill-joint).budget_params.1000.lr_imgg" in msg and "'lr_img'" in msg
+    typed = r"methods\[1\] \(distill-joint\)\.budget_params\.1000\.lr_img: expected a number"
+    with pytest.raises(ConfigError, match=typed):
+        validate_methods(from_dict(ExperimentConfig, _budget_grid({1000: {"lr_img": "big"}})))
+    with pytest.raises(ConfigError, match=r"budget_params\.1000.*syn_steps"):  # the merged set is checked too
+        validate_methods(from_dict(ExperimentConfig, _budget_grid({1000: {"syn_steps": 0}})))
+    with pytest.raises(ConfigError, match=r"methods\[1\] \(distill-joint\)\.params\.lr_imgg"):  # base typo: base path
+        validate_methods(from_dict(ExperimentConfig, _budget_grid(
+            {100: {"lr_img": 1}, 1000: {"lr_img": 2}}, params={"lr_imgg": 1})))
+    with pytest.raises(ConfigError, match=r"budget_params\.500: budget 500 is not in budgets \[100, 1000\]"):
+        from_dict(ExperimentConfig, _budget_grid({500: {"lr_img": 5000}}))
+    with pytest.raises(ConfigError, match=r"methods\[1\]\.budget_params: key 'big' is not a valid int"):
+        from_dict(ExperimentConfig, _budget_grid({"big": {"lr_img": 5000}}))
+
+
+def test_budget_params_from_yaml_overrides_and_round_trip(tmp_path):
+    path = tmp_path / "grid.yaml"
+    path.write_text(
+        "name: x\nbudgets: [100, 1000]\nmethods:\n- random\n- name: distill-joint\n"
+        "  params: {iterations: 10}\n  budget_params:\n    1000: {lr_img: 5000}\n")
+    grid = load_experiment(path)
+    assert grid.methods[1].budget_params == {1000: {"lr_img": 5000}}  # YAML int keys stay ints
+    # --set reaches into the list by index; "1000" finds the existing int key, "100" adds one.
+    grid = load_experiment(path, ["methods.1.budget_params.1000.lr_txt=7", "methods.1.budget_params.100.lr_img=3"])
+    assert grid.methods[1].budget_params == {1000: {"lr_img": 5000, "lr_txt": 7}, 100: {"lr_img": 3}}
+    assert from_dict(ExperimentConfig, to_dict(grid)) == grid  # to_dict writes "1000": read back as 1000
+    with pytest.raises(ConfigError, match="key '1000' is given twice"):
+        from_dict(ExperimentConfig, _budget_grid({1000: {}, "1000": {}}))
+
+
+def test_overrides_index_lists():
+    data = {"name": "x", "datasets": [{"source": "embedded", "embedded": {"resolution": 16}}]}
+    apply_overrides(data, ["datasets.0.embedded.resolution=24", "datasets.-1.text_encoder.pooling=cls"])
+    cfg = from_dict(ExperimentConfig, data)
+    assert cfg.datasets[0].resolution == 24 and cfg.datasets[0].text_encoder.pooling == "cls"
+    with pytest.raises(ConfigError, match="index 3 is out of range"):
+        apply_overrides(data, ["datasets.3.embedded.resolution=24"])
+    with pytest.raises(ConfigError, match="must be a list index"):
+        apply_overrides(data, ["datasets.first.embedded.resolution=24"])
+    with pytest.raises(ConfigError, match="is not a mapping"):
+        apply_overrides({"methods": ["random"]}, ["methods.0.params.x=1"])

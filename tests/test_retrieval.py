@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.retrieval import retrieval_metrics
+from bench.retrieval import faiss_has_gpu, retrieval_metrics
 
 BACKENDS = ["faiss", "torch"]
 
@@ -262,12 +262,19 @@ def test_validation_errors(kwargs, match):
 
 
 def test_use_gpu_without_gpu_support_raises():
-    import faiss
-
-    if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
+    if faiss_has_gpu():
         pytest.skip("a faiss GPU build with a GPU is present")
     with pytest.raises(RuntimeError, match="GPU"):
         retrieval_metrics(_IMG, _TXT, _T2I, backend="faiss", use_gpu=True)
+
+
+@pytest.mark.skipif(not faiss_has_gpu(), reason="needs a faiss GPU build and a GPU (CI has neither)")
+@pytest.mark.parametrize("seed", [0, 1])
+def test_faiss_gpu_gives_the_cpu_numbers(seed):
+    img, txt, t2i = noisy_pairs(seed, 300, 64)
+    cpu = retrieval_metrics(img, txt, t2i, backend="faiss", use_gpu=False)
+    assert retrieval_metrics(img, txt, t2i, backend="faiss", use_gpu=True) == cpu
+    assert cpu == pytest.approx(reference_metrics(img, txt, t2i))
 
 
 def test_duplicate_ks_are_ignored():

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,19 +15,7 @@ from bench import registry
 from bench.grid import cell_hash, plan_cells
 from bench.methods_api import Method
 from bench.runner import GridRun
-from tests.grid_helpers import tiny_grid, write_plugin
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def _records(results: Path) -> dict[str, dict]:
-    return {p.stem: json.loads(p.read_text()) for p in sorted((results / "records").glob("*.json"))
-            if not p.name.endswith(".failed.json")}
-
-
-def _metrics(records: dict[str, dict]) -> dict[str, list]:
-    return {k: [s["metrics"] for s in r["per_seed"]] for k, r in records.items()}
-
+from tests.grid_helpers import cli_args as _cli_args, metrics as _metrics, records as _records, tiny_grid, write_plugin
 
 def test_local_grid_writes_records_sets_pictures_and_skips(tmp_path):
     grid = tiny_grid(tmp_path)
@@ -80,23 +67,11 @@ def test_retry_then_failure_record_and_the_grid_goes_on(tmp_path):
     assert "embedded__test-broken__b10__s0" not in _records(Path(grid.results_dir))
 
 
-def _cli_args(tmp_path: Path, results: Path, plugin: Path, executor: str) -> list[str]:
-    sets = {
-        "results_dir": results, "cache_dir": tmp_path / "cache",
-        "datasets": '[{source: embedded, embedded: {n_train_images: 60, n_val_images: 4, n_test_images: 30, resolution: 16}}]',
-        "model.image_encoder.width": 8, "model.image_encoder.depth": 2,
-        "evaluation.seeds": "[0, 1]", "evaluation.train.epochs": 30, "evaluation.train.batch_size": 10,
-        "evaluation.full_train.epochs": 2, "proxy.epochs": 1, "budgets": "[10, 20]",
-        "methods": "[random, kcenter, first-k]",
-    }
-    args = [sys.executable, str(REPO / "run_bench.py"), "--no-progress", "--executor", executor, "--plugin", str(plugin)]
-    for k, v in sets.items():
-        args += ["--set", f"{k}={v}"]
-    return args
-
-
 @pytest.mark.timeout(600)
-def test_killed_grid_resumes_to_identical_results(tmp_path):
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_killed_grid_resumes_to_identical_results(tmp_path, executor):
+    """The driver (and, under Ray, its local cluster) is killed mid-grid; the re-run skips
+    the finished cells and ends with the records of an undisturbed run."""
     plugin = write_plugin(tmp_path)
     reference = tmp_path / "reference"
     subprocess.run(_cli_args(tmp_path, reference, plugin, "local"), check=True, cwd=tmp_path, capture_output=True)
@@ -104,7 +79,8 @@ def test_killed_grid_resumes_to_identical_results(tmp_path):
     assert len(expected) == 7
 
     results = tmp_path / "killed"
-    proc = subprocess.Popen(_cli_args(tmp_path, results, plugin, "local"), cwd=tmp_path,
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    proc = subprocess.Popen(_cli_args(tmp_path, results, plugin, executor), cwd=tmp_path, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
     while time.time() < deadline and len(list((results / "records").glob("*.json"))) < 2:
@@ -115,7 +91,7 @@ def test_killed_grid_resumes_to_identical_results(tmp_path):
     assert 2 <= len(partial) < 7, "the kill should land mid-grid"
     finished_before = {k: (results / "records" / f"{k}.json").stat().st_mtime_ns for k in partial}
 
-    subprocess.run(_cli_args(tmp_path, results, plugin, "local"), check=True, cwd=tmp_path, capture_output=True)
+    subprocess.run(_cli_args(tmp_path, results, plugin, executor), check=True, cwd=tmp_path, capture_output=True, env=env)
     final = _records(results)
     assert set(final) == set(expected)
     assert _metrics(final) == _metrics(expected)
@@ -138,3 +114,36 @@ def test_ray_executor_runs_an_outside_plugin(tmp_path):
     local = tmp_path / "local"
     subprocess.run(_cli_args(tmp_path, local, plugin, "local"), check=True, cwd=tmp_path, capture_output=True)
     assert _metrics(records) == _metrics(_records(local))
+
+
+@pytest.mark.parametrize("runner, resources, expected", [
+    ({}, {"CPU": 16.0, "GPU": 4.0}, (1, 4)),  # one GPU per task on a GPU cluster
+    ({}, {"CPU": 2.0}, (0, 2)),  # CPU-only: one task per cpus_per_task CPUs
+    ({"cpus_per_task": 4}, {"CPU": 16.0}, (0, 4)),
+    ({"gpus_per_task": 0.5}, {"CPU": 16.0, "GPU": 2.0}, (0.5, 4)),
+    ({"gpus_per_task": 0}, {"CPU": 8.0, "GPU": 2.0}, (0, 8)),  # GPUs present but not asked for
+    ({"max_concurrent": 1}, {"CPU": 16.0, "GPU": 4.0}, (1, 1)),
+    ({"cpus_per_task": 4}, {"CPU": 2.0}, (0, 1)),  # never fewer than one slot
+])
+def test_task_slots_follow_cluster_resources(runner, resources, expected):
+    from bench.config import from_dict
+    from bench.grid import RunnerConfig
+    from bench.runner import task_slots
+
+    assert task_slots(from_dict(RunnerConfig, runner), resources) == expected
+
+
+def test_stale_temp_files_are_removed_and_finished_files_kept(tmp_path):
+    from bench.io import atomic_path, remove_stale_temp_files, write_text_atomic
+
+    final = write_text_atomic(tmp_path / "records" / "a.json", "{}")
+    with pytest.raises(RuntimeError), atomic_path(tmp_path / "records" / "b.json") as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("writer failed")  # atomic_path cleans up after an exception...
+    assert not list(tmp_path.rglob(".*.tmp"))
+    left = tmp_path / "sets" / ".c.pt.abc123.tmp"  # ...but a SIGKILLed writer leaves its temp file
+    left.parent.mkdir()
+    left.write_text("half")
+    assert remove_stale_temp_files(tmp_path, older_than_s=3600) == []  # too recent for the cache rule
+    assert remove_stale_temp_files(tmp_path) == [left]
+    assert final.read_text() == "{}" and not left.exists()

@@ -1,0 +1,146 @@
+"""configs/flickr30k.yaml and configs/coco.yaml: the published recipe, loadable without data,
+GPU or timm, and keyed so that `table --reference paper` puts the published numbers beside ours."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.grid import GridConfig, cell_method_params, load_grid, plan_cells
+from bench.reports.cli import add_table_arguments
+from bench.reports.records import aggregate, load_records
+from bench.reports.tables import load_reference, paper_table
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = {"flickr30k": REPO / "configs" / "flickr30k.yaml", "coco": REPO / "configs" / "coco.yaml"}
+METRICS = ("tr@1", "tr@5", "tr@10", "ir@1", "ir@5", "ir@10")
+
+
+@pytest.fixture(params=sorted(CONFIGS), ids=str)
+def paper_grid(request, tmp_path, monkeypatch) -> tuple[str, GridConfig]:
+    # Loaded from an empty directory: none of the (relative) data or model paths exists, so a
+    # load that opened, stat-ed or validated any of them would fail here.
+    monkeypatch.chdir(tmp_path)
+    return request.param, load_grid(CONFIGS[request.param])
+
+
+def test_loads_without_data_or_models(paper_grid):
+    name, grid = paper_grid
+    (data,) = grid.datasets
+    assert data.source == "karpathy" and data.name == name
+    paths = [data.karpathy.train_json, data.karpathy.val_json, data.karpathy.test_json, data.karpathy.image_root,
+             data.text_encoder.path, grid.model.image_encoder.path]
+    assert all(p and not Path(p).exists() for p in paths)
+    assert Path(data.karpathy.train_json).name == {"flickr30k": "flickr30k_train.json",
+                                                   "coco": "coco_karpathy_train.json"}[name]
+    assert grid.results_dir == f"results/{name}"
+
+
+def test_recipe_matches_the_paper(paper_grid):
+    _, grid = paper_grid
+    (data,) = grid.datasets
+    assert data.resolution == 224
+    enc = grid.model.image_encoder
+    assert (enc.name, enc.timm_name, enc.pretrained) == ("timm", "nfnet_l0", True)
+    assert grid.model.text_head == "residual" and grid.model.embed_dim is None
+    assert Path(data.text_encoder.path).name == "bert-base-uncased"
+    assert data.text_encoder.pooling == "cls" and data.text_encoder.normalize is False
+    assert (grid.experts.n_experts, grid.experts.epochs) == (20, 10)
+    assert grid.budgets == (100, 200, 500, 1000)
+    assert len(grid.evaluation.seeds) == 5 and grid.evaluation.split == "test"
+    assert grid.include_full
+    assert [m.key for m in grid.methods] == ["random", "herding", "kcenter", "forgetting", "distill-joint"]
+    distill = [c for c in plan_cells(grid) if c.method == "distill-joint"]
+    assert sorted(c.budget for c in distill) == [100, 200, 500, 1000]
+    for cell in distill:  # the resolved params of every budget, overrides included
+        p = cell_method_params(grid, cell)
+        assert (p.syn_steps, p.expert_epochs, p.max_start_epoch) == (8, 1, 2)
+        assert p.max_start_epoch + p.expert_epochs <= grid.experts.epochs
+        assert p.syn_lr_init > 0 and p.iterations >= 1
+
+
+def test_loading_imports_neither_timm_nor_torchvision():
+    """timm (and the torchvision it needs) is an optional GPU extra: a config that names it
+    must still load everywhere. Run in a fresh interpreter with both imports blocked."""
+    code = f"""
+import importlib.abc, sys
+tried = []
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split('.')[0] in ('timm', 'torchvision'):
+            tried.append(name)
+            raise ImportError('blocked: ' + name)
+sys.meta_path.insert(0, Block())
+from bench.grid import load_grid
+for path in {[str(p) for p in CONFIGS.values()]!r}:
+    load_grid(path)
+print('tried', tried)
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().endswith("tried []"), out.stdout
+
+
+def test_cells_have_published_counterparts(paper_grid):
+    """Dataset names, method keys and budgets are the reference CSV's, so every cell of the
+    grid finds its published numbers (`full` via the alias full-data, published for Flickr30K)."""
+    name, grid = paper_grid
+    ref = load_reference("paper")
+    ref = ref[(ref["dataset"] == name) & (ref["source"] == "vl-distill")]
+    published = set(zip(ref["method"], ref["pairs"], ref["metric"]))
+    for cell in plan_cells(grid):
+        if cell.method == "full":
+            if name == "flickr30k":
+                assert all(("full-data", "full", m) in published for m in METRICS)
+            continue
+        assert all((cell.method, str(cell.budget), m) in published for m in METRICS), cell.id
+
+
+def _metrics(base: float, seed: int) -> dict[str, float]:
+    values = {m: base + 0.5 * i + 0.2 * seed for i, m in enumerate(METRICS)}
+    values["mean"] = float(np.mean(list(values.values())))
+    return values
+
+
+def _write_record(records: Path, grid: GridConfig, cell, kind: str, base: float) -> None:
+    """A finished record as the runner writes it (the fields the reports read)."""
+    seeds = list(grid.evaluation.seeds)
+    record = {
+        "status": "ok", "cell": cell.id, "dataset": cell.dataset, "method": cell.method, "kind": kind,
+        "budget": cell.budget, "method_seed": cell.method_seed, "eval_seeds": seeds, "eval_split": "test",
+        "per_seed": [{"seed": s, "metrics": _metrics(base, s)} for s in seeds],
+    }
+    records.mkdir(parents=True, exist_ok=True)
+    (records / f"{cell.id}.json").write_text(json.dumps(record))
+
+
+def test_table_reference_puts_published_numbers_beside_ours(tmp_path, capsys):
+    grid = load_grid(CONFIGS["flickr30k"])
+    results = tmp_path / "results" / "flickr30k"
+    kinds = {"full": "reference", "random": "coreset", "distill-joint": "distillation"}
+    bases = {"full": 30.0, "random": 1.0, "distill-joint": 7.0}
+    cells = [c for c in plan_cells(grid) if c.method in kinds and c.budget in (None, 100)]
+    assert {c.method for c in cells} == set(kinds)
+    for cell in cells:
+        _write_record(results / "records", grid, cell, kinds[cell.method], bases[cell.method])
+
+    table = paper_table(aggregate(load_records(results)), "flickr30k", reference=load_reference("paper"))
+    ours = [_metrics(7.0, s)["tr@1"] for s in grid.evaluation.seeds]
+    ours_text = f"{np.mean(ours):.1f} \u00b1 {np.std(ours, ddof=1):.1f}"
+    assert table.loc[(100, "tr@1"), "distill-joint"] == ours_text
+    assert table.loc[(100, "tr@1"), "distill-joint (paper)"] == "9.9 \u00b1 0.3"  # Wu et al., Flickr30K, 100 pairs
+    assert table.loc[(100, "ir@1"), "random (paper)"] == "1.0"
+    assert table.loc[(100, "ir@1"), "full (paper)"] == "27.32"
+
+    # The same through the command line, as the README shows it.
+    parser = add_table_arguments(argparse.ArgumentParser())
+    args = parser.parse_args([str(results), "--reference", "paper"])
+    assert args.func(args) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if "| tr@1 " in line]
+    assert len(rows) == 1 and ours_text in rows[0] and "9.9 \u00b1 0.3" in rows[0]

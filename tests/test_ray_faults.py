@@ -1,0 +1,95 @@
+"""Faults under Ray: worker processes killed mid-grid (an expert's, and cells' including a
+distillation with a checkpoint) are retried,
+and the grid ends with the same records as an undisturbed run: none lost, none duplicated."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.grid_helpers import cli_args, metrics, records, write_plugin
+
+#: A grid with experts and a checkpointed distillation cell besides coresets (5 cells with the full reference).
+FAULT_GRID = {
+    "methods": "[random, kcenter, first-k, {name: distill-joint, params: {iterations: 12, syn_steps: 2, "
+               "max_start_epoch: 1, checkpoint_every: 3, batch_syn: 5}}]",
+    "budgets": "[10]",
+    "experts.n_experts": 2, "experts.epochs": 2, "experts.batch_size": 32,
+    "runner.max_retries": 2,
+}
+
+
+def _running_tasks(driver: psutil.Process, function: str) -> list[psutil.Process]:
+    """Ray workers of this driver's cluster now executing ``function`` (Ray sets a worker's
+    process title to ``ray::<function>`` while it runs a task)."""
+    found = []
+    for proc in driver.children(recursive=True):
+        try:
+            if proc.cmdline()[:1] == [f"ray::{function}"]:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def _kill_when(driver: psutil.Process, function: str, ready, deadline: float) -> list[int]:
+    """SIGKILL every worker running ``function`` as soon as ``ready()`` holds and one runs."""
+    while time.time() < deadline and driver.is_running():
+        victims = _running_tasks(driver, function) if ready() else []
+        killed = []
+        for victim in victims:
+            try:
+                victim.send_signal(signal.SIGKILL)
+                killed.append(victim.pid)
+            except psutil.NoSuchProcess:
+                continue
+        if killed:
+            return killed
+        time.sleep(0.05)
+    return []
+
+
+@pytest.mark.timeout(900)
+def test_killed_workers_are_retried_and_results_match_an_undisturbed_run(tmp_path):
+    plugin = write_plugin(tmp_path)
+    reference = tmp_path / "reference"
+    subprocess.run(cli_args(tmp_path / "ref", reference, plugin, "local", **FAULT_GRID),
+                   check=True, cwd=tmp_path, capture_output=True)
+    expected = records(reference)
+    assert len(expected) == 5
+
+    results = tmp_path / "ray"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    log = (tmp_path / "ray.log").open("w")
+    proc = subprocess.Popen(cli_args(tmp_path / "run", results, plugin, "ray", **FAULT_GRID), cwd=tmp_path,
+                            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        driver = psutil.Process(proc.pid)
+        deadline = time.time() + 600
+        # An expert mid-training, then every cell in flight once the distillation cell has
+        # written a checkpoint (so its retry resumes from it).
+        killed_expert = _kill_when(driver, "_ray_expert", lambda: True, deadline)
+        checkpoints = tmp_path / "run" / "cache" / "distill"
+        killed_cells = _kill_when(driver, "_ray_cell", lambda: any(checkpoints.glob("*.pt")), deadline)
+        rc = proc.wait(timeout=max(1.0, deadline - time.time()))
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+    output = (tmp_path / "ray.log").read_text()[-4000:]
+    assert killed_expert and killed_cells, f"no worker was killed\n{output}"
+    assert output.count("will be retried") >= 1 + len(killed_cells), output
+    assert rc == 0, output
+
+    final = records(results)
+    assert set(final) == set(expected), output  # no record lost
+    assert metrics(final) == metrics(expected)  # identical to the undisturbed (local) run
+    record_files = sorted(p.name for p in (results / "records").iterdir())
+    assert record_files == sorted(f"{k}.json" for k in expected)  # no failure files, no duplicates
+    assert not [p for p in tmp_path.rglob(".*.tmp")], "a temp file of a killed writer was left behind"
