@@ -55,9 +55,8 @@ from bench.env import format_machine, pick_device  # noqa: E402
 from bench.grid import load_grid  # noqa: E402
 from bench.matching import MatchingConfig, TrajectoryMatcher  # noqa: E402
 from bench.measure import Cost, measure  # noqa: E402
-from bench.models.image_encoders import ImageEncoderConfig  # noqa: E402
-from bench.models.lora import LoraConfig  # noqa: E402
 from bench.models.student import ModelConfig, Student, build_student, contrastive_loss  # noqa: E402
+from benchmarks._towers import add_vit_arguments, describe_vit, tower_models  # noqa: E402
 
 TEXT_DIM = 384  # all-MiniLM-L6-v2, the quickstart text encoder
 
@@ -199,35 +198,16 @@ def _expert_bytes(student: Student, snapshots: int) -> tuple[int, int]:
     return one, file
 
 
-def tower_models(args: argparse.Namespace, base: ModelConfig, directory: Path) -> dict[str, ModelConfig]:
-    """Save a random-weight ViT to ``directory``; the full-parameter and the LoRA student on it."""
-    from transformers import ViTConfig, ViTModel
-
-    vit = ViTConfig(hidden_size=args.vit_hidden, num_hidden_layers=args.vit_layers,
-                    num_attention_heads=args.vit_heads, intermediate_size=4 * args.vit_hidden,
-                    image_size=args.vit_resolution, patch_size=args.vit_patch)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(args.seed)
-        ViTModel(vit).save_pretrained(directory)
-    encoder = ImageEncoderConfig(name="hf", path=str(directory))
-    lora = LoraConfig(rank=args.lora_rank, alpha=2.0 * args.lora_rank)
-    return {"full": replace(base, image_encoder=encoder),
-            f"lora r{args.lora_rank}": replace(base, image_encoder=replace(encoder, lora=lora))}
-
-
 def run_tower(args: argparse.Namespace, grid_model: ModelConfig, device: torch.device) -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # "Loading weights" / "Writing model shards" bars
-    tokens = (args.vit_resolution // args.vit_patch) ** 2 + 1
     snapshots = 1 + args.paper_epochs
     args.resolution = args.vit_resolution
     with tempfile.TemporaryDirectory(prefix="bench-vit-") as tmp:
         models = tower_models(args, grid_model, Path(tmp) / "vit")
         print(format_machine())
-        print(f"device {device}; ViT tower (random weights, eager attention) hidden {args.vit_hidden}, "
-              f"{args.vit_layers} layers, {args.vit_heads} heads, patch {args.vit_patch}, {args.vit_resolution} px "
-              f"({tokens} tokens); {grid_model.text_head} text head {TEXT_DIM} -> {grid_model.embed_dim or args.vit_hidden}; "
+        print(f"device {device}; {describe_vit(args)}; {grid_model.text_head} text head {TEXT_DIM} -> {grid_model.embed_dim or args.vit_hidden}; "
               f"LoRA on q_proj/v_proj, alpha 2r, dropout 0")
         print(f"synthetic set {args.n_syn} pairs, batch_syn {args.batch_syn}; median of {args.repeats} "
               f"(after 1 warm-up), memory of one more iteration; plain = syn_steps SGD steps without create_graph")
@@ -272,13 +252,8 @@ def main() -> int:
     parser.add_argument("--batch-syn", type=int, default=None, help="default 50 (config), 20 (vit)")
     parser.add_argument("--n-syn", type=int, default=None, help="pairs in the synthetic set; default 100 (config), 40 (vit)")
     parser.add_argument("--repeats", type=int, default=3)
-    vit = parser.add_argument_group("--tower vit")
-    vit.add_argument("--vit-hidden", type=int, default=192)
-    vit.add_argument("--vit-layers", type=int, default=12)
-    vit.add_argument("--vit-heads", type=int, default=3)
-    vit.add_argument("--vit-patch", type=int, default=8)
-    vit.add_argument("--vit-resolution", type=int, default=32, help="image size in px")
-    vit.add_argument("--lora-rank", type=int, default=8)
+    add_vit_arguments(parser)
+    vit = parser.add_argument_group("--tower vit buffer size")
     vit.add_argument("--paper-experts", type=int, default=20, help="experts of the buffer size reported")
     vit.add_argument("--paper-epochs", type=int, default=3, help="recorded epochs per expert (plus the start)")
     parser.add_argument("--config", default=str(REPO / "configs" / "quickstart.yaml"),

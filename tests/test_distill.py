@@ -119,6 +119,19 @@ def test_a_file_from_another_recipe_is_refused(env, tmp_path):
         TrajectoryBuffer(tmp_path, 2, env.cfg.epochs, env.buffer.key)
 
 
+def test_a_shorter_expert_run_records_the_same_first_epochs(env):
+    """No part of the expert recipe depends on the total number of epochs, so experts trained
+    for fewer epochs (all that matching reads) hold exactly the longer run's first snapshots:
+    the paper configs' note that experts.epochs 3 gives the results of 10 relies on this."""
+    short = replace(env.cfg, n_experts=1, epochs=2)
+    buffer = ensure_experts(env.data, env.grid.model, short, env.base, env.grid.cache_dir, CPU)
+    assert buffer.key != env.buffer.key
+    for epoch in range(3):
+        long, cut = env.buffer.params(0, epoch), buffer.params(0, epoch)
+        assert set(long) == set(cut)
+        assert all(torch.equal(long[n], cut[n]) for n in long), epoch
+
+
 def test_a_changed_recipe_gets_another_directory(env):
     def directory(cfg, base=env.base):
         return expert_dir(env.grid.cache_dir, env.data, expert_key(env.data, env.grid.model, cfg, base))
