@@ -4,6 +4,7 @@ and the grid ends with the same records as an undisturbed run: none lost, none d
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -93,3 +94,35 @@ def test_killed_workers_are_retried_and_results_match_an_undisturbed_run(tmp_pat
     record_files = sorted(p.name for p in (results / "records").iterdir())
     assert record_files == sorted(f"{k}.json" for k in expected)  # no failure files, no duplicates
     assert not [p for p in tmp_path.rglob(".*.tmp")], "a temp file of a killed writer was left behind"
+
+
+BROKEN_PROXY_PLUGIN = '''
+"""Loaded into every task: makes every proxy model fail to train (an input that cannot be made)."""
+import bench.runner
+
+
+def _broken_proxy(*args, **kwargs):
+    raise RuntimeError("proxy training broke (test plugin)")
+
+
+bench.runner._proxy = _broken_proxy
+'''
+
+
+@pytest.mark.timeout(600)
+def test_cells_whose_input_failed_are_reported_and_the_rest_finish(tmp_path):
+    """A proxy that cannot be trained fails the coreset cells that need it (with the cause,
+    without running them); cells that do not need it still finish."""
+    plugins = [write_plugin(tmp_path), tmp_path / "broken_proxy.py"]
+    plugins[1].write_text(BROKEN_PROXY_PLUGIN)
+    results = tmp_path / "results"
+    args = cli_args(tmp_path, results, plugins[0], "ray", budgets="[10]", **{"runner.max_retries": 0})
+    args += ["--plugin", str(plugins[1])]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    proc = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, env=env)
+    output = proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 1, output  # some cells failed
+    assert set(records(results)) == {"embedded__full", "embedded__random__b10__s0", "embedded__first-k__b10__s0"}
+    failure = json.loads((results / "records" / "embedded__kcenter__b10__s0.failed.json").read_text())
+    assert failure["status"] == "failed" and failure["attempts"] == 0  # never started
+    assert "proxy embedded seed 0 failed" in failure["error"] and "proxy training broke" in failure["error"]
