@@ -23,16 +23,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anyw
 
 import torch  # noqa: E402
 
-from bench.data.datasets import prepare_dataset  # noqa: E402
+from bench.data.datasets import PreparedDataset, prepare_dataset  # noqa: E402
 from bench.env import format_machine, machine_info, pick_device  # noqa: E402
 from bench.experts import train_expert  # noqa: E402
-from bench.grid import load_grid  # noqa: E402
+from bench.grid import GridConfig, load_grid  # noqa: E402
 from bench.measure import measure  # noqa: E402
 from bench.models.student import ModelConfig, build_student  # noqa: E402
 from benchmarks._towers import add_vit_arguments, describe_vit, tower_models  # noqa: E402
 
 
-def bench_model(label: str, model: ModelConfig, grid, data, args, device, cache: str) -> None:
+def bench_model(label: str, model: ModelConfig, grid: GridConfig, data: PreparedDataset, args: argparse.Namespace,
+                device: torch.device, cache: str) -> None:
+    """Train ``args.experts`` experts of ``model`` into ``cache``, timing each."""
     student = build_student(model, data.train.resolution, data.text_dim, 0)
     n_trainable = sum(p.numel() for p in student.trainable_parameters().values())
     n_total = sum(p.numel() for p in student.parameters())
