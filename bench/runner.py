@@ -18,7 +18,7 @@ import torch
 
 from bench.config import from_dict, to_dict
 from bench.data.datasets import PreparedDataset, prepare_dataset
-from bench.env import git_commit, machine_info, pick_device
+from bench.env import git_commit, machine_info, pick_device, torch_threads
 from bench.evaluate import SeedResult, evaluate_pair_set, summarize
 from bench.experts import TrajectoryBuffer, ensure_experts, open_buffer, train_expert
 from bench.grid import Cell, GridConfig, RunnerConfig, cell_hash, cell_method_params, plan_cells
@@ -295,12 +295,8 @@ class GridRun:
     def _run_local(self, todo: list[Cell]) -> None:
         # The same thread count as a Ray task gets, so both executors give identical numbers
         # (reductions in conv kernels may be ordered differently with more threads).
-        threads = torch.get_num_threads()
-        torch.set_num_threads(self.grid.runner.cpus_per_task)
-        try:
+        with torch_threads(self.grid.runner.cpus_per_task):
             self._run_local_cells(todo)
-        finally:
-            torch.set_num_threads(threads)
 
     def _run_local_cells(self, todo: list[Cell]) -> None:
         bar, task = self._bar(len(todo))

@@ -27,6 +27,9 @@ def add_vit_arguments(parser: argparse.ArgumentParser) -> None:
 def tower_models(args: argparse.Namespace, base: ModelConfig, directory: Path) -> dict[str, ModelConfig]:
     """Save a random-weight ViT to ``directory``; the full-parameter and the LoRA student on it."""
     from transformers import ViTConfig, ViTModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Writing model shards" / "Loading weights" bars
 
     vit = ViTConfig(hidden_size=args.vit_hidden, num_hidden_layers=args.vit_layers,
                     num_attention_heads=args.vit_heads, intermediate_size=4 * args.vit_hidden,

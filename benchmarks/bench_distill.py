@@ -199,9 +199,6 @@ def _expert_bytes(student: Student, snapshots: int) -> tuple[int, int]:
 
 
 def run_tower(args: argparse.Namespace, grid_model: ModelConfig, device: torch.device) -> None:
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # "Loading weights" / "Writing model shards" bars
     snapshots = 1 + args.paper_epochs
     args.resolution = args.vit_resolution
     with tempfile.TemporaryDirectory(prefix="bench-vit-") as tmp:

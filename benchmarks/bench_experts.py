@@ -78,9 +78,6 @@ def main() -> int:
         data = prepare_dataset(grid.datasets[0], grid.cache_dir, "cpu", False)  # the grid's dataset cache
         models = {grid.model.image_encoder.name: grid.model}
         if args.tower == "vit":
-            from transformers.utils import logging as hf_logging
-
-            hf_logging.disable_progress_bar()
             models = tower_models(args, grid.model, Path(tmp) / "vit")
         recipe = grid.experts.train_config(grid.evaluation.full_train)
         print(format_machine(machine_info()))

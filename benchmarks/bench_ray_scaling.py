@@ -16,7 +16,6 @@ unchanged, ``--set`` adds overrides.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -26,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anyw
 
 from bench.env import format_machine, machine_info  # noqa: E402
 from bench.grid import load_grid  # noqa: E402
+from bench.reports.records import load_records  # noqa: E402
 from bench.runner import GridRun  # noqa: E402
 
 SMALL = [
@@ -37,21 +37,13 @@ SMALL = [
 ]
 
 
-def _metrics(results_dir: Path) -> dict[str, list]:
-    out = {}
-    for path in sorted((results_dir / "records").glob("*.json")):
-        record = json.loads(path.read_text())
-        out[path.stem] = [s["metrics"] for s in record.get("per_seed", [])]
-    return out
-
-
-def _cell_seconds(results_dir: Path) -> dict[str, float]:
-    out = {}
-    for path in sorted((results_dir / "records").glob("*.json")):
-        record = json.loads(path.read_text())
-        if record.get("status") == "ok":
-            out[path.stem] = record["method_cost"]["seconds"] + record["eval_cost"]["seconds"]
-    return out
+def _cell_results(results_dir: Path) -> tuple[dict[str, list], dict[str, float]]:
+    """Per finished cell: its per-seed metrics, and its method + evaluation seconds."""
+    metrics, seconds = {}, {}
+    for record in load_records(results_dir):
+        metrics[record["cell_id"]] = [s["metrics"] for s in record["per_seed"]]
+        seconds[record["cell_id"]] = record["method_cost"]["seconds"] + record["eval_cost"]["seconds"]
+    return metrics, seconds
 
 
 def main() -> int:
@@ -82,8 +74,7 @@ def main() -> int:
         start = time.perf_counter()
         run = GridRun(grid, progress=False).run()
         walls[workers] = time.perf_counter() - start
-        metrics[workers] = _metrics(run_dir / "results")
-        cells = _cell_seconds(run_dir / "results")
+        metrics[workers], cells = _cell_results(run_dir / "results")
         print(f"  {workers} worker(s): wall {walls[workers]:7.1f} s  ({len(run.done)} cells run, "
               f"{len(run.failed)} failed; sum of cell times {sum(cells.values()):.1f} s)")
         for cell_id, seconds in cells.items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,8 @@ from bench.config import from_dict
 from bench.grid import GridConfig
 
 REPO = Path(__file__).resolve().parent.parent
+#: Environment for a run_bench.py subprocess that starts a local Ray cluster.
+RAY_ENV = {**os.environ, "RAY_AUTH_MODE": "disabled"}
 
 PLUGIN_SOURCE = '''
 """A method plugin that lives outside the repository."""

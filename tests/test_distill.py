@@ -20,6 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import bench.experts
+from bench.env import torch_threads
 from bench.experts import ExpertConfig, TrajectoryBuffer, ensure_experts, expert_dir, expert_key, open_buffer
 from bench.matching import MatchingConfig, TrajectoryMatcher, matching_loss
 from bench.models.student import build_student
@@ -36,9 +37,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         root = tmp_path_factory.mktemp("distill")
         grid = tiny_grid(root)
         data = prepared(grid, "embedded")
@@ -46,8 +45,6 @@ def env(tmp_path_factory):
         base = grid.evaluation.full_train
         buffer = ensure_experts(data, grid.model, cfg, base, grid.cache_dir, CPU)
         yield SimpleNamespace(root=root, grid=grid, data=data, cfg=cfg, base=base, buffer=buffer)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _student(env, seed: int = 0):

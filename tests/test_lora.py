@@ -21,6 +21,7 @@ from safetensors import safe_open
 
 import bench.matching
 from bench.config import ConfigError, from_dict, to_dict
+from bench.env import torch_threads
 from bench.experts import ExpertConfig, ensure_experts, train_expert
 from bench.matching import MatchingConfig, TrajectoryMatcher
 from bench.models.image_encoders import ImageEncoderConfig
@@ -77,9 +78,7 @@ HEADS = {"image_projection.weight", "image_projection.bias"} | {
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         root = tmp_path_factory.mktemp("lora")
         towers = {kind: save_tiny(kind, root / kind, seed=1) for kind in ("vit", "clip")}  # not BASE_SEED
         grid = tiny_grid(root, datasets=DATA, model={"image_encoder": {"name": "hf", "path": str(towers["vit"]),
@@ -92,8 +91,6 @@ def env(tmp_path_factory):
         full_buffer = ensure_experts(data, full_model, cfg, base, grid.cache_dir, CPU)
         yield SimpleNamespace(root=root, towers=towers, grid=grid, data=data, cfg=cfg, base=base,
                               lora=lora_buffer, full=full_buffer, full_model=full_model)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _student(env, model: ModelConfig | None = None, seed: int = 0):

@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.grid_helpers import cli_args, metrics, records, write_plugin
+from tests.grid_helpers import RAY_ENV, cli_args, metrics, records, write_plugin
 
 #: A grid with experts and a checkpointed distillation cell besides coresets (5 cells with the full reference).
 FAULT_GRID = {
@@ -66,10 +66,9 @@ def test_killed_workers_are_retried_and_results_match_an_undisturbed_run(tmp_pat
     assert len(expected) == 5
 
     results = tmp_path / "ray"
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     log = (tmp_path / "ray.log").open("w")
     proc = subprocess.Popen(cli_args(tmp_path / "run", results, plugin, "ray", **FAULT_GRID), cwd=tmp_path,
-                            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                            stdout=log, stderr=subprocess.STDOUT, env=RAY_ENV, start_new_session=True)
     try:
         driver = psutil.Process(proc.pid)
         deadline = time.time() + 600
@@ -118,8 +117,7 @@ def test_cells_whose_input_failed_are_reported_and_the_rest_finish(tmp_path):
     results = tmp_path / "results"
     args = cli_args(tmp_path, results, plugins[0], "ray", budgets="[10]", **{"runner.max_retries": 0})
     args += ["--plugin", str(plugins[1])]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    proc = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, env=env)
+    proc = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, env=RAY_ENV)
     output = proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.returncode == 1, output  # some cells failed
     assert set(records(results)) == {"embedded__full", "embedded__random__b10__s0", "embedded__first-k__b10__s0"}

@@ -15,7 +15,7 @@ from bench import registry
 from bench.grid import cell_hash, plan_cells
 from bench.methods_api import Method
 from bench.runner import GridRun
-from tests.grid_helpers import cli_args as _cli_args, metrics as _metrics, records as _records, tiny_grid, write_plugin
+from tests.grid_helpers import RAY_ENV, cli_args as _cli_args, metrics as _metrics, records as _records, tiny_grid, write_plugin
 
 def test_local_grid_writes_records_sets_pictures_and_skips(tmp_path):
     grid = tiny_grid(tmp_path)
@@ -79,8 +79,7 @@ def test_killed_grid_resumes_to_identical_results(tmp_path, executor):
     assert len(expected) == 7
 
     results = tmp_path / "killed"
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    proc = subprocess.Popen(_cli_args(tmp_path, results, plugin, executor), cwd=tmp_path, env=env,
+    proc = subprocess.Popen(_cli_args(tmp_path, results, plugin, executor), cwd=tmp_path, env=RAY_ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
     while time.time() < deadline and len(list((results / "records").glob("*.json"))) < 2:
@@ -91,7 +90,7 @@ def test_killed_grid_resumes_to_identical_results(tmp_path, executor):
     assert 2 <= len(partial) < 7, "the kill should land mid-grid"
     finished_before = {k: (results / "records" / f"{k}.json").stat().st_mtime_ns for k in partial}
 
-    subprocess.run(_cli_args(tmp_path, results, plugin, executor), check=True, cwd=tmp_path, capture_output=True, env=env)
+    subprocess.run(_cli_args(tmp_path, results, plugin, executor), check=True, cwd=tmp_path, capture_output=True, env=RAY_ENV)
     final = _records(results)
     assert set(final) == set(expected)
     assert _metrics(final) == _metrics(expected)
@@ -104,8 +103,7 @@ def test_killed_grid_resumes_to_identical_results(tmp_path, executor):
 def test_ray_executor_runs_an_outside_plugin(tmp_path):
     plugin = write_plugin(tmp_path)
     results = tmp_path / "ray"
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    proc = subprocess.run(_cli_args(tmp_path, results, plugin, "ray"), cwd=tmp_path, capture_output=True, text=True, env=env)
+    proc = subprocess.run(_cli_args(tmp_path, results, plugin, "ray"), cwd=tmp_path, capture_output=True, text=True, env=RAY_ENV)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     records = _records(results)
     assert len(records) == 7
