@@ -1,48 +1,63 @@
 """Trajectory matching (MTT, as adapted to image-text pairs by Wu et al., TMLR 2024).
 
-One implementation serves every variant: a synthetic set of images and text vectors is
-initialised from random real pairs; each iteration starts a student at an expert's parameters
-theta_s, takes ``syn_steps`` differentiable SGD steps on mini-batches of the synthetic set with
-learnable step sizes (one for the image side, one for the text side), and minimises
+One matcher serves every method that learns a synthetic set by matching expert trajectories.
+Each iteration starts a student at an expert's parameters theta_s, takes ``syn_steps``
+differentiable SGD steps on mini-batches of the synthetic set with learnable step sizes (one
+for the image side, one for the text side), and minimises
 
     ||theta_hat_img - theta_{s+E}_img||^2 / ||theta_s_img - theta_{s+E}_img||^2
   + ||theta_hat_txt - theta_{s+E}_txt||^2 / ||theta_s_txt - theta_{s+E}_txt||^2
 
-with respect to the images, the text vectors and the step sizes (SGD with momentum). Which of
-images / texts are learned is the variant. Every random choice of iteration ``it`` comes from a
-generator seeded with (seed, it), so a run resumed from a checkpoint repeats the uninterrupted
-run exactly.
+with respect to the learned tensors. What is learned is data: the method hands the matcher a
+mapping of :class:`LearnedTensor` (``images``, ``texts`` and ``lrs`` always, plus anything its
+inner loss reads, e.g. LoRS's similarity parameters), each with its own optimiser settings and
+an optional projection, and optionally its own inner loss. How the meta-gradient is computed
+(``memory: unrolled`` or ``recompute``, see :mod:`bench.unroll`) does not change it.
+
+Every random choice of iteration ``it`` comes from a generator seeded with (seed, it), so a
+run resumed from a checkpoint repeats the uninterrupted run exactly.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
 
-from bench.data.pairs import PairSet, normalize_images
-from bench.experts import TrajectoryBuffer
+from bench.flat_params import ParamLayout
 from bench.io import stable_hash, torch_save_atomic
-from bench.models.student import Student, contrastive_loss, functional_embed
+from bench.models.student import Student
+from bench.unroll import (META_GRADIENTS, Augment, InnerLoss, InnerSteps, MemoryMode, Precision, StepPlan,
+                          contrastive_inner_loss, math_attention)
+
+__all__ = ["LearnedTensor", "MatchingConfig", "MatchingState", "TrajectoryMatcher", "math_attention", "run_key"]
 
 
 @dataclass(frozen=True)
 class MatchingConfig:
     """Parameters of trajectory matching (names follow the MTT / VL-distillation code).
 
-    inner_logit_scale: the contrastive logit scale inside the unrolled steps. 1/0.07 as in the
-    evaluation; the original code used log(1/0.07) = 2.66 here by mistake, set it to
-    reproduce that. checkpoint_every: iterations between checkpoints (0 = never).
+    Start epochs are drawn from [min_start_epoch, max_start_epoch); the target is
+    ``expert_epochs`` later. inner_logit_scale: the contrastive logit scale inside the unrolled
+    steps (1/0.07 as in the evaluation; the original code used log(1/0.07) = 2.66 there by
+    mistake, set it to reproduce that). checkpoint_every: iterations between checkpoints
+    (0 = never).
 
-    Defaults are what worked on the embedded dataset (ConvNet-D3, experts at SGD lr 0.1):
-    an initial step size of 0.1 (the paper's) overshoots there (the normalised distance after
-    8 steps is 1.2 on the image side vs 0.98 at 0.01), and lr_lr 1e-3 moves the step sizes by
-    more than their value in one iteration; lr_lr 1e-5 from 0.01 lets them grow to ~0.03."""
+    memory: how the meta-gradient is computed, with the same result: ``recompute`` keeps only
+    the parameter iterates and re-runs one step at a time backwards (peak memory independent of
+    syn_steps, at the price of one more plain forward and backward per step: 1.2x the time of
+    ``unrolled`` for the quickstart ConvNet on CPU, so ``unrolled``, which keeps the graph of
+    every step, is the default; the paper configs use ``recompute``). precision: ``bf16`` runs the
+    student's forward in the inner steps under bfloat16 autocast (the loss, the parameters and
+    the step stay float32). expert_snapshots: where the expert parameters the matcher reads are
+    kept after their first read from disk: on the compute ``device``, in ``host`` memory (copied
+    to the device per use) or ``auto`` (the device when they take at most a quarter of it)."""
 
     iterations: int = 200
     syn_steps: int = 8
@@ -56,62 +71,109 @@ class MatchingConfig:
     momentum: float = 0.5
     inner_logit_scale: float = 1 / 0.07
     checkpoint_every: int = 25
+    min_start_epoch: int = field(default=0, metadata={"omit_if_default": True})
+    memory: MemoryMode = field(default="unrolled", metadata={"omit_if_default": True})
+    precision: Precision = field(default="fp32", metadata={"omit_if_default": True})
+    expert_snapshots: Literal["auto", "device", "host"] = field(default="auto", metadata={"omit_if_default": True})
 
     def __post_init__(self) -> None:
         if min(self.iterations, self.syn_steps, self.expert_epochs, self.max_start_epoch) < 1:
             raise ValueError("iterations, syn_steps, expert_epochs and max_start_epoch must be >= 1")
+        if not 0 <= self.min_start_epoch < self.max_start_epoch:
+            raise ValueError(f"min_start_epoch must be in [0, max_start_epoch = {self.max_start_epoch}), "
+                             f"got {self.min_start_epoch}")
         if self.batch_syn is not None and self.batch_syn < 2:
             raise ValueError("batch_syn must be >= 2 (a contrastive batch needs negatives)")
         if self.syn_lr_init <= 0 or self.checkpoint_every < 0:
             raise ValueError("syn_lr_init must be > 0 and checkpoint_every >= 0")
 
+    @property
+    def last_epoch(self) -> int:
+        """The latest expert epoch an iteration can read."""
+        return self.max_start_epoch - 1 + self.expert_epochs
+
+
+@dataclass
+class LearnedTensor:
+    """A tensor the matcher holds: learned by SGD with its own ``lr`` and ``momentum`` (or held
+    fixed when ``learn`` is False), then passed through ``project`` (in place, no grad) after
+    every update, e.g. to keep step sizes non-negative or text vectors on the unit sphere."""
+
+    value: torch.Tensor
+    lr: float = 0.0
+    momentum: float = 0.0
+    learn: bool = True
+    project: Callable[[torch.Tensor], None] | None = None
+
+
+def non_negative(t: torch.Tensor) -> None:
+    """A negative step size is gradient ascent (and an invalid evaluation learning rate)."""
+    t.clamp_(min=0.0)
+
+
+def step_sizes(init: float, lr: float, momentum: float) -> LearnedTensor:
+    """The learnable (image-side, text-side) step sizes of the unrolled SGD."""
+    return LearnedTensor(torch.full((2,), float(init)), lr, momentum, True, non_negative)
+
 
 @dataclass
 class MatchingState:
-    """Everything a checkpoint holds: the synthetic set, step sizes, optimiser and progress."""
+    """Everything a checkpoint holds: the tensors, optimiser, progress and time spent."""
 
-    images: torch.Tensor
-    texts: torch.Tensor
-    lrs: torch.Tensor  # (2,) image-side and text-side step sizes
+    tensors: dict[str, torch.Tensor]
     iteration: int
     losses: list[float]
     optimizer: dict[str, Any]
+    seconds: float = 0.0  # matching wall time, summed over every run that contributed
+    resumes: int = 0  # how many times the run continued from a checkpoint
 
 
-def math_attention() -> contextlib.AbstractContextManager[None]:
-    """Scaled-dot-product attention by its math (composite) backend: twice differentiable,
-    unlike the fused kernels (on CPU torch 2.13 the inner loop otherwise fails with "derivative
-    for aten::_scaled_dot_product_flash_attention_for_cpu_backward is not implemented"). Only
-    towers with ``attn_implementation: sdpa`` are affected; their gradients equal eager's."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+class Trajectories(Protocol):
+    """What the matcher reads from an expert buffer (:class:`bench.experts.TrajectoryBuffer`)."""
 
-    return sdpa_kernel([SDPBackend.MATH])
+    epochs: int
+
+    def __len__(self) -> int: ...
+
+    def params(self, expert: int, epoch: int) -> dict[str, torch.Tensor]: ...
 
 
-def matching_loss(
-    final: dict[str, torch.Tensor], start: dict[str, torch.Tensor], target: dict[str, torch.Tensor],
-    modality: Callable[[str], str],
-) -> torch.Tensor:
-    """Sum over modalities of the normalised squared distance to the expert's target."""
-    total = 0.0
-    for side in ("image", "text"):
-        names = [n for n in final if modality(n) == side]
-        if not names:
-            continue
-        num = sum(((final[n] - target[n]) ** 2).sum() for n in names)
-        den = sum(((start[n] - target[n]) ** 2).sum() for n in names)
-        total = total + num / den.clamp_min(1e-12)
-    return total  # type: ignore[return-value]
+class ExpertSnapshots:
+    """Flat expert parameters, read from disk once and kept (on the device when they fit),
+    instead of read and copied on every iteration."""
+
+    def __init__(self, buffer: Trajectories, layout: ParamLayout, cfg: MatchingConfig,
+                 device: torch.device, dtype: torch.dtype) -> None:
+        self.buffer, self.layout, self.device, self.dtype = buffer, layout, device, dtype
+        epochs = {e for s in range(cfg.min_start_epoch, cfg.max_start_epoch) for e in (s, s + cfg.expert_epochs)}
+        nbytes = len(buffer) * len(epochs) * layout.numel * torch.finfo(dtype).bits // 8
+        place = cfg.expert_snapshots
+        if place == "auto":
+            fits = device.type != "cuda" or nbytes <= torch.cuda.get_device_properties(device).total_memory // 4
+            place = "device" if fits else "host"
+        self.home = device if place == "device" else torch.device("cpu")
+        self._cache: dict[tuple[int, int], torch.Tensor] = {}
+
+    def get(self, expert: int, epoch: int) -> torch.Tensor:
+        key = (expert, epoch)
+        if key not in self._cache:
+            flat = self.layout.flatten(self.buffer.params(expert, epoch), dtype=self.dtype)
+            self._cache[key] = flat.pin_memory() if self.home != self.device and self.device.type == "cuda" \
+                else flat.to(self.home)
+        return self._cache[key].to(self.device, non_blocking=True)
 
 
 class TrajectoryMatcher:
-    """Distils a synthetic set; ``learn_images`` / ``learn_texts`` select the variant."""
+    """Learns a synthetic set by matching the trajectories in ``buffer``.
 
-    def __init__(
-        self, student: Student, buffer: TrajectoryBuffer, cfg: MatchingConfig, learn_images: bool,
-        learn_texts: bool, device: torch.device, checkpoint: Path | None = None,
-    ) -> None:
-        if cfg.max_start_epoch + cfg.expert_epochs > buffer.epochs:
+    ``inner_loss`` (default: symmetric InfoNCE at ``cfg.inner_logit_scale``) is what the
+    student minimises in the unrolled steps; ``augment`` (optional) is applied to each batch of
+    images there."""
+
+    def __init__(self, student: Student, buffer: Trajectories, cfg: MatchingConfig, device: torch.device,
+                 inner_loss: InnerLoss | None = None, augment: Augment | None = None,
+                 checkpoint: Path | None = None) -> None:
+        if cfg.last_epoch + 1 > buffer.epochs:
             raise ValueError(
                 f"max_start_epoch {cfg.max_start_epoch} + expert_epochs {cfg.expert_epochs} exceeds the "
                 f"{buffer.epochs} recorded expert epochs (raise experts.epochs)"
@@ -119,128 +181,131 @@ class TrajectoryMatcher:
         self.student = student.to(device).train()
         self.buffer = buffer
         self.cfg = cfg
-        self.learn_images = learn_images
-        self.learn_texts = learn_texts
         self.device = device
         self.checkpoint = checkpoint
-        names = list(student.trainable_parameters())
-        self.lr_index = {n: 0 if student.modality_of(n) == "image" else 1 for n in names}
+        self.layout = ParamLayout.of(student)
+        self.dtype = next(iter(student.trainable_parameters().values())).dtype
+        self.steps = InnerSteps(self.student, self.layout, inner_loss or contrastive_inner_loss(cfg.inner_logit_scale),
+                                augment, cfg.precision)
+        self.snapshots = ExpertSnapshots(buffer, self.layout, cfg, device, self.dtype)
 
-    # ----------------------------------------------------------------- state
-    def initial_state(self, real: PairSet, seed: int) -> MatchingState:
-        images = normalize_images(real.images[real.image_index]).float().clone()
-        texts = real.text_emb.float().clone()
-        lrs = torch.full((2,), self.cfg.syn_lr_init)
-        opt = self._optimizer(images, texts, lrs)
-        return MatchingState(images, texts, lrs, 0, [], opt.state_dict())
+    # ----------------------------------------------------------------- one iteration
+    def plan(self, n: int, seed: int, it: int) -> tuple[int, int, StepPlan]:
+        """Iteration ``it``'s expert, start epoch and step plan (a function of seed and it only)."""
+        rng = np.random.default_rng([seed, it])
+        expert = int(rng.integers(len(self.buffer)))
+        start_epoch = int(rng.integers(self.cfg.min_start_epoch, self.cfg.max_start_epoch))
+        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        batch = min(self.cfg.batch_syn or n, n)  # a batch larger than the set would repeat pairs
+        rounds = -(-self.cfg.syn_steps * batch // n)
+        order = torch.cat([torch.randperm(n, generator=gen) for _ in range(rounds)]).to(self.device)
+        batches = tuple(order[k * batch:(k + 1) * batch] for k in range(self.cfg.syn_steps))
+        seeds = tuple(int(s) for s in rng.integers(2**62, size=self.cfg.syn_steps))
+        return expert, start_epoch, StepPlan(batches, seeds)
 
-    def _optimizer(self, images: torch.Tensor, texts: torch.Tensor, lrs: torch.Tensor) -> torch.optim.Optimizer:
-        groups = [{"params": [lrs], "lr": self.cfg.lr_lr}]
-        if self.learn_images:
-            groups.append({"params": [images], "lr": self.cfg.lr_img})
-        if self.learn_texts:
-            groups.append({"params": [texts], "lr": self.cfg.lr_txt})
-        return torch.optim.SGD(groups, lr=self.cfg.lr_lr, momentum=self.cfg.momentum)
+    def meta_gradients(self, tensors: Mapping[str, torch.Tensor], seed: int, it: int
+                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The matching loss of iteration ``it`` and its gradient with respect to every tensor of
+        ``tensors`` that requires grad (``images``, ``texts``, ``lrs`` and any a method adds)."""
+        expert, start_epoch, plan = self.plan(tensors["images"].shape[0], seed, it)
+        start = self.snapshots.get(expert, start_epoch)
+        target = self.snapshots.get(expert, start_epoch + self.cfg.expert_epochs)
+        fork = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=fork), math_attention():
+            try:
+                return META_GRADIENTS[self.cfg.memory](self.steps, start, target, tensors, plan)
+            except RuntimeError as exc:
+                if "derivative for" in str(exc) and "not implemented" in str(exc):
+                    raise RuntimeError(
+                        f"trajectory matching differentiates through training steps (double backward), which an "
+                        f"op of the student does not support ({exc}); for a transformers tower set "
+                        f"image_encoder.attn_implementation: eager") from exc
+                raise
 
+    def tensors(self, learned: Mapping[str, LearnedTensor],
+                values: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """The working tensors on the device (``values`` or the learned tensors' own), each
+        requiring grad exactly when it is learned."""
+        values = values or {k: spec.value for k, spec in learned.items()}
+        return {k: values[k].detach().to(self.device, self.dtype).clone().requires_grad_(spec.learn)
+                for k, spec in learned.items()}
+
+    @staticmethod
+    def optimizer(tensors: Mapping[str, torch.Tensor], learned: Mapping[str, LearnedTensor]) -> torch.optim.Optimizer:
+        """SGD with one parameter group (lr, momentum) per learned tensor."""
+        return torch.optim.SGD([{"params": [tensors[k]], "lr": spec.lr, "momentum": spec.momentum}
+                                for k, spec in learned.items() if spec.learn])
+
+    def update(self, tensors: Mapping[str, torch.Tensor], learned: Mapping[str, LearnedTensor],
+               opt: torch.optim.Optimizer, seed: int, it: int) -> float:
+        """One iteration: meta-gradients, the optimiser step, the projections; the loss."""
+        loss, grads = self.meta_gradients(tensors, seed, it)
+        for name, grad in grads.items():
+            tensors[name].grad = grad
+        opt.step()
+        with torch.no_grad():
+            for name, spec in learned.items():
+                if spec.project is not None:
+                    spec.project(tensors[name])
+        return float(loss)
+
+    # ----------------------------------------------------------------- checkpoints
     def load_checkpoint(self, key: str) -> MatchingState | None:
         if self.checkpoint is None or not self.checkpoint.is_file():
             return None
-        blob = torch.load(self.checkpoint, weights_only=False)
-        if blob.get("key") != key:
+        try:
+            blob = torch.load(self.checkpoint, weights_only=False)
+            state = MatchingState(**blob["state"]) if blob.get("key") == key else None
+        except Exception as exc:  # noqa: BLE001 - a torn or foreign file: start over, say so
+            warnings.warn(f"ignoring unreadable distillation checkpoint {self.checkpoint} ({exc}); starting over",
+                          stacklevel=2)
             return None
-        return MatchingState(**blob["state"])
+        return state
 
     def save_checkpoint(self, key: str, state: MatchingState) -> None:
         if self.checkpoint is not None:
             torch_save_atomic(self.checkpoint, {"key": key, "state": asdict(state)})
 
-    # ----------------------------------------------------------------- one iteration
-    def _unroll(self, images: torch.Tensor, texts: torch.Tensor, lrs: torch.Tensor,
-                start: dict[str, torch.Tensor], gen: torch.Generator) -> dict[str, torch.Tensor]:
-        with math_attention():
-            return self._unroll_steps(images, texts, lrs, start, gen)
-
-    def _unroll_steps(self, images: torch.Tensor, texts: torch.Tensor, lrs: torch.Tensor,
-                      start: dict[str, torch.Tensor], gen: torch.Generator) -> dict[str, torch.Tensor]:
-        params = {n: t.to(self.device).detach().requires_grad_(True) for n, t in start.items()}
-        n = images.shape[0]
-        batch = min(self.cfg.batch_syn or n, n)  # a batch larger than the set would repeat pairs
-        order = torch.cat([torch.randperm(n, generator=gen) for _ in range(-(-self.cfg.syn_steps * batch // n))])
-        for step in range(self.cfg.syn_steps):
-            idx = order[step * batch:(step + 1) * batch].to(self.device)
-            img_emb, txt_emb = functional_embed(self.student, params, images[idx], texts[idx])
-            loss = contrastive_loss(img_emb, txt_emb, self.cfg.inner_logit_scale)
-            grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
-            params = {name: p - lrs[self.lr_index[name]] * g for (name, p), g in zip(params.items(), grads)}
-        return params
-
-    def iteration(self, images: torch.Tensor, texts: torch.Tensor, lrs: torch.Tensor,
-                  seed: int, it: int) -> torch.Tensor:
-        """The matching loss of iteration ``it`` (graph attached, not yet backpropagated)."""
-        rng = np.random.default_rng([seed, it])
-        expert = int(rng.integers(len(self.buffer)))
-        start_epoch = int(rng.integers(self.cfg.max_start_epoch))  # s < max_start_epoch
-        start = self.buffer.params(expert, start_epoch)
-        target = self.buffer.params(expert, start_epoch + self.cfg.expert_epochs)
-        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
-        with torch.random.fork_rng(devices=[self.device.index or 0] if self.device.type == "cuda" else []):
-            torch.manual_seed(int(rng.integers(2**62)))  # dropout inside the unrolled steps
-            final = self._unroll(images, texts, lrs, start, gen)
-        dev = {n: t.to(self.device) for n, t in start.items()}
-        tgt = {n: t.to(self.device) for n, t in target.items()}
-        return matching_loss(final, dev, tgt, self.student.modality_of)
-
-    @staticmethod
-    def backward(loss: torch.Tensor) -> None:
-        """``loss.backward()``, the double backward through the unrolled steps; an op without
-        one (a fused attention kernel) fails here, not in the unroll, so say what to change."""
-        try:
-            loss.backward()
-        except RuntimeError as exc:
-            if "derivative for" in str(exc) and "not implemented" in str(exc):
-                raise RuntimeError(
-                    f"trajectory matching differentiates through training steps (double backward), which an op "
-                    f"of the student does not support ({exc}); for a transformers tower set "
-                    f"image_encoder.attn_implementation: eager") from exc
-            raise
-
     # ----------------------------------------------------------------- the loop
-    def run(self, real: PairSet, seed: int, key: str, progress: bool = False,
+    def run(self, learned: Mapping[str, LearnedTensor], seed: int, key: str, progress: bool = False,
             stop_after: int | None = None) -> MatchingState:
-        """Distil (resuming from the checkpoint when it matches ``key``). ``stop_after`` ends
-        the run early after that many iterations in total (used to test resumption)."""
+        """Optimise ``learned`` (resuming from the checkpoint when it matches ``key``).
+        ``stop_after`` ends the run early after that many iterations in total (used to test
+        resumption)."""
         from bench.progress import make_progress
 
-        state = self.load_checkpoint(key) or self.initial_state(real, seed)
-        images = state.images.to(self.device).requires_grad_(self.learn_images)
-        texts = state.texts.to(self.device).requires_grad_(self.learn_texts)
-        lrs = state.lrs.to(self.device).requires_grad_(True)
-        opt = self._optimizer(images, texts, lrs)
-        opt.load_state_dict(state.optimizer)
+        missing = {"images", "texts", "lrs"} - set(learned)
+        if missing:
+            raise ValueError(f"the matcher needs learned tensors {sorted(missing)}")
+        state = self.load_checkpoint(key)
+        if state is None:
+            state = MatchingState({k: v.value.detach().clone() for k, v in learned.items()}, 0, [], {})
+        else:
+            state.resumes += 1
+        tensors = self.tensors(learned, state.tensors)
+        opt = self.optimizer(tensors, learned)
+        if state.optimizer:
+            opt.load_state_dict(state.optimizer)
         end = self.cfg.iterations if stop_after is None else min(stop_after, self.cfg.iterations)
+        started = time.perf_counter()
         with make_progress(transient=True, disable=not progress) as bar:
             task = bar.add_task("distilling", total=self.cfg.iterations, completed=state.iteration, status="")
             for it in range(state.iteration, end):
-                loss = self.iteration(images, texts, lrs, seed, it)
-                opt.zero_grad(set_to_none=True)
-                self.backward(loss)
-                opt.step()
-                with torch.no_grad():  # a negative step size is gradient ascent (and an invalid eval lr)
-                    lrs.clamp_(min=0.0)
-                state.losses.append(float(loss.detach()))
+                state.losses.append(self.update(tensors, learned, opt, seed, it))
                 state.iteration = it + 1
+                lrs = tensors["lrs"]
                 bar.update(task, advance=1, status=f"loss {state.losses[-1]:.4f} lr {lrs[0].item():.3g}/{lrs[1].item():.3g}")
                 if self.cfg.checkpoint_every and state.iteration % self.cfg.checkpoint_every == 0:
-                    self._store(state, images, texts, lrs, opt, key)
-        self._store(state, images, texts, lrs, opt, key)
+                    self._store(state, tensors, opt, key, started)
+                    started = time.perf_counter()
+        self._store(state, tensors, opt, key, started)
         return state
 
-    def _store(self, state: MatchingState, images: torch.Tensor, texts: torch.Tensor, lrs: torch.Tensor,
-               opt: torch.optim.Optimizer, key: str) -> None:
-        state.images = images.detach().cpu().clone()
-        state.texts = texts.detach().cpu().clone()
-        state.lrs = lrs.detach().cpu().clone()
+    def _store(self, state: MatchingState, tensors: dict[str, torch.Tensor], opt: torch.optim.Optimizer,
+               key: str, started: float) -> None:
+        state.tensors = {k: t.detach().cpu().clone() for k, t in tensors.items()}
         state.optimizer = opt.state_dict()
+        state.seconds += time.perf_counter() - started
         self.save_checkpoint(key, state)
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -17,7 +18,9 @@ from bench.progress import make_progress
 @dataclass(frozen=True)
 class TrainConfig:
     """Recipe for training a student on a pair set. Separate learning rates for the image and
-    text sides (a distilled set may supply learned ones). temperature 0.07 -> logit scale 1/0.07."""
+    text sides (a distilled set may supply learned ones). temperature 0.07 -> logit scale 1/0.07.
+    precision ``bf16``: the student's forward under bfloat16 autocast (for GPUs; the loss, the
+    parameters and the update stay float32)."""
 
     epochs: int = 10
     batch_size: int = 128
@@ -27,6 +30,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 0.0
     temperature: float = 0.07
+    precision: Literal["fp32", "bf16"] = field(default="fp32", metadata={"omit_if_default": True})
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -37,6 +41,11 @@ class TrainConfig:
     @property
     def logit_scale(self) -> float:
         return 1.0 / self.temperature
+
+    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager[object]:
+        if self.precision == "bf16":
+            return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
 
 @dataclass(frozen=True)
@@ -100,7 +109,10 @@ def train_student(
             for start in range(0, len(pairs), cfg.batch_size):
                 batch = order[start : start + cfg.batch_size]
                 images, texts = pairs.batch(batch, device)
-                image_emb, text_emb = student(images, texts)
+                with cfg.autocast(device):
+                    image_emb, text_emb = student(images, texts)
+                if cfg.precision == "bf16":  # the loss in float32
+                    image_emb, text_emb = image_emb.float(), text_emb.float()
                 loss = contrastive_loss(image_emb, text_emb, cfg.logit_scale)
                 if on_batch_end is not None:
                     on_batch_end(batch, (image_emb @ text_emb.T).detach())

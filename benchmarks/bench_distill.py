@@ -1,34 +1,33 @@
-"""Time one trajectory-matching iteration as syn_steps grows, against plain training steps.
+"""Time and memory of one trajectory-matching iteration, per meta-gradient mode, against the
+original loop and against plain training steps.
 
-One iteration is what ``TrajectoryMatcher.run`` does per step: the unrolled forward
-(``syn_steps`` differentiable SGD steps of the student on mini-batches of the synthetic set,
-``create_graph=True``), the meta-gradient backward to the images, texts and step sizes, and the
-optimiser step. It is compared with ``syn_steps`` plain training steps on mini-batches of the
-same size (forward + backward + in-place SGD update, no graph kept), so the ratio is the price
-of differentiating through training. The model is the quickstart student (configs/quickstart.yaml:
-ConvNet-D3 width 64 at 32 px, residual text head over 384-d MiniLM vectors); the synthetic set,
-the text vectors and the one "expert" (a fresh student and that student plus noise) are random,
-so no data or expert training is needed: the cost does not depend on the values.
+One iteration is what ``TrajectoryMatcher.run`` does per step (``TrajectoryMatcher.update``):
+``syn_steps`` SGD steps of the student on mini-batches of the synthetic set, the meta-gradient
+to the images, texts and step sizes, and the optimiser step. Modes, timed in the same run on the
+same student, batches and expert segment:
 
-Torch uses the config's ``runner.cpus_per_task`` threads unless ``--threads`` says otherwise,
-as a grid cell does (more threads than idle cores makes OpenMP spin and times explode).
+* ``original``: a re-implementation of the original inner loop (``benchmarks/original_loop.py``:
+  one flat parameter vector per tower, every iterate and its graph kept), the yardstick;
+* ``unrolled`` / ``recompute``: this project's matcher (``matching.memory``), the latter with
+  peak memory independent of ``syn_steps``;
+* ``+bf16``: the student's forward in the inner steps under bfloat16 autocast
+  (``matching.precision: bf16``; meant for CUDA, slow on most CPUs).
 
-Peak memory of an iteration: the process's resident-set peak minus its size just before
-(``bench.measure.measure``; freed heap memory is handed back to the OS first, so each iteration
-starts from a clean baseline), plus the allocator's peak on CUDA.
+``plain`` is ``syn_steps`` ordinary SGD steps (forward, backward, in-place update, no graph
+kept) on batches of the same size: the ratio iteration / plain is the price of
+differentiating through training. Peak memory of an iteration is measured from a clean
+baseline: the CUDA allocator's peak on a GPU, the process's resident-set growth on the CPU.
 
-LoRA matching (``--tower vit``): the same student with a pretrained-style ViT tower (random
-weights saved to a temp directory and loaded like a local checkpoint; the config's text head)
-matched two ways: full-parameter (every tower weight is trainable, recorded and unrolled) and
-LoRA (the tower frozen, rank-r adapters on the query/value projections). Per variant:
-trainable parameters, expert buffer bytes (one recorded epoch as safetensors, and the buffer
-of a paper-sized run: 20 experts x (start + 3 epochs)), iteration wall time against plain
-steps, and peak memory.
+The student, resolution and text width are a grid config's (``--config``); expert parameters
+are random (a fresh student, then small Gaussian steps), so no data or experts are needed, and
+a model checkpoint that is not on disk is replaced by random weights (the cost does not depend
+on the values). ``--tower vit`` compares full-parameter and LoRA matching of one ViT.
 
-    python benchmarks/bench_distill.py                        # syn_steps 2 4 8 16, batch 50 of 100
-    python benchmarks/bench_distill.py --syn-steps 8 32 --device cuda
-    python benchmarks/bench_distill.py --tower vit            # ViT-Tiny shape: hidden 192, 12 layers, patch 8, 32 px
-    python benchmarks/bench_distill.py --tower vit --vit-hidden 384 --vit-layers 12 --vit-patch 16 --vit-resolution 64
+    python benchmarks/bench_distill.py                                   # quickstart student, CPU
+    python benchmarks/bench_distill.py --syn-steps 8 32 --modes recompute unrolled
+    python benchmarks/bench_distill.py --config configs/flickr30k.yaml --device cuda \\
+        --batch-syn 25 50 100 --syn-steps 8 20 --modes original unrolled recompute recompute+bf16
+    python benchmarks/bench_distill.py --tower vit
 """
 
 from __future__ import annotations
@@ -52,19 +51,19 @@ import torch  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 from bench.env import format_machine, pick_device  # noqa: E402
-from bench.grid import load_grid  # noqa: E402
-from bench.matching import MatchingConfig, TrajectoryMatcher  # noqa: E402
-from bench.measure import Cost, measure  # noqa: E402
+from bench.grid import GridConfig, load_grid  # noqa: E402
+from bench.matching import LearnedTensor, MatchingConfig, TrajectoryMatcher, step_sizes  # noqa: E402
+from bench.measure import measure  # noqa: E402
 from bench.models.student import ModelConfig, Student, build_student, contrastive_loss  # noqa: E402
 from benchmarks._towers import add_vit_arguments, describe_vit, tower_models  # noqa: E402
+from benchmarks.original_loop import original_meta_gradients  # noqa: E402
 
-TEXT_DIM = 384  # all-MiniLM-L6-v2, the quickstart text encoder
+MODES = ("original", "unrolled", "recompute", "unrolled+bf16", "recompute+bf16")
 
 
 class RandomExperts:
     """Stands in for a :class:`bench.experts.TrajectoryBuffer`: one expert whose epoch 0 is a
-    fresh student and whose epoch e is that plus e small Gaussian steps. Like the real buffer
-    (which reads the file on every call) it hands out fresh tensors each time."""
+    fresh student and whose epoch e is that plus e small Gaussian steps."""
 
     key = "random-experts"
 
@@ -110,194 +109,216 @@ def _seconds(fn: Callable[[], None], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def _memory(fn: Callable[[], None], device: torch.device) -> Cost:
-    """One call from a clean baseline (a separate call: the page faults of memory handed back
-    to the OS would otherwise be timed, which a long run with a warm allocator does not pay)."""
+def _peak_mb(fn: Callable[[], None], device: torch.device) -> float:
+    """Memory one call adds at its peak, from a clean baseline (a separate call: the page faults
+    of memory handed back to the OS would otherwise be timed)."""
     _release_freed_memory(device)
-    with measure(device, interval=0.01) as cost:
+    if device.type == "cuda":
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
         fn()
         _sync(device)
-    return cost
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    with measure(device, interval=0.005) as cost:
+        fn()
+    return cost.peak_rss_mb - cost.baseline_rss_mb
 
 
-def bench_syn_steps(args: argparse.Namespace, syn_steps: int, student: Student, experts: RandomExperts,
-                    device: torch.device) -> dict[str, float]:
-    cfg = replace(args.matching, syn_steps=syn_steps)
-    matcher = TrajectoryMatcher(student, experts, cfg, True, True, device)
-    gen = torch.Generator().manual_seed(args.seed)
-    images = torch.randn(args.n_syn, 3, args.resolution, args.resolution, generator=gen).to(device)
-    texts = F.normalize(torch.randn(args.n_syn, TEXT_DIM, generator=gen), dim=1).to(device)
-    images.requires_grad_(True)
-    texts.requires_grad_(True)
-    lrs = torch.full((2,), cfg.syn_lr_init, device=device, requires_grad=True)
-    opt = matcher._optimizer(images, texts, lrs)
-    counter = iter(range(10**9))
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
-    def iteration() -> None:  # the body of TrajectoryMatcher.run's loop
-        loss = matcher.iteration(images, texts, lrs, args.seed, next(counter))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+
+class Case:
+    """One (student, synthetic set, matcher config): an iteration in any mode, and plain steps."""
+
+    def __init__(self, args: argparse.Namespace, model: ModelConfig, batch_syn: int, syn_steps: int, mode: str,
+                 device: torch.device) -> None:
+        memory, _, precision = mode.partition("+")
+        cfg = replace(args.matching, batch_syn=batch_syn, syn_steps=syn_steps,
+                      memory="unrolled" if memory == "original" else memory, precision=precision or "fp32")
+        self.device, self.mode, self.cfg = device, mode, cfg
+        self.student = build_student(model, args.resolution, args.text_dim, args.seed)
+        self.experts = RandomExperts(self.student, cfg.last_epoch + 1, args.seed + 1)
+        self.matcher = TrajectoryMatcher(self.student, self.experts, cfg, device)
+        gen = torch.Generator().manual_seed(args.seed)
+        images = torch.randn(args.n_syn, 3, args.resolution, args.resolution, generator=gen)
+        texts = F.normalize(torch.randn(args.n_syn, args.text_dim, generator=gen), dim=1)
+        self.learned = {"images": LearnedTensor(images, 100.0, 0.5), "texts": LearnedTensor(texts, 100.0, 0.5),
+                        "lrs": step_sizes(cfg.syn_lr_init, 1e-5, 0.5)}
+        self.tensors = self.matcher.tensors(self.learned)
+        self.opt = self.matcher.optimizer(self.tensors, self.learned)
+        self.seed, self.it = args.seed, 0
+
+    def iteration(self) -> None:
+        self.it += 1
+        if self.mode != "original":
+            self.matcher.update(self.tensors, self.learned, self.opt, self.seed, self.it)
+            return
+        m = self.matcher
+        expert, start_epoch, plan = m.plan(self.tensors["images"].shape[0], self.seed, self.it)
+        start, target = m.snapshots.get(expert, start_epoch), m.snapshots.get(expert, start_epoch + self.cfg.expert_epochs)
+        t = self.tensors
+        with torch.random.fork_rng(devices=[self.device.index or 0] if self.device.type == "cuda" else []):
+            _, grads = original_meta_gradients(self.student, m.layout, t["images"], t["texts"], t["lrs"], start,
+                                               target, plan, self.cfg.inner_logit_scale)
+        for name, grad in grads.items():
+            t[name].grad = grad
+        self.opt.step()
         with torch.no_grad():
-            lrs.clamp_(min=0.0)
+            t["lrs"].clamp_(min=0.0)
 
-    # Plain training of a student from the same start on mini-batches of the same size.
-    plain = build_student(args.model, args.resolution, TEXT_DIM, args.seed).to(device).train()
-    with torch.no_grad():
-        for name, p in plain.trainable_parameters().items():
-            p.copy_(experts.params(0, 0)[name].to(device))
-    side = {n: 0 if plain.modality_of(n) == "image" else 1 for n in plain.trainable_parameters()}
-    step_lrs = lrs.detach().tolist()
-    batch = min(cfg.batch_syn or args.n_syn, args.n_syn)
-
-    def plain_steps() -> None:
-        order = torch.cat([torch.randperm(args.n_syn, generator=gen)
-                           for _ in range(-(-syn_steps * batch // args.n_syn))])
-        x, t = images.detach(), texts.detach()
-        for step in range(syn_steps):
-            idx = order[step * batch:(step + 1) * batch].to(device)
-            img_emb, txt_emb = plain(x[idx], t[idx])
-            loss = contrastive_loss(img_emb, txt_emb, cfg.inner_logit_scale)
+    def plain_steps(self) -> None:
+        """syn_steps ordinary SGD steps on the same batches (no graph kept)."""
+        plain = self.student
+        lrs = self.tensors["lrs"].detach()
+        side = {n: 0 if plain.modality_of(n) == "image" else 1 for n in plain.trainable_parameters()}
+        _, _, plan = self.matcher.plan(self.tensors["images"].shape[0], self.seed, self.it)
+        x, t = self.tensors["images"].detach(), self.tensors["texts"].detach()
+        for batch in plan.batches:
+            img_emb, txt_emb = plain(x[batch], t[batch])
+            loss = contrastive_loss(img_emb, txt_emb, self.cfg.inner_logit_scale)
             plain.zero_grad(set_to_none=True)
             loss.backward()
             with torch.no_grad():
-                for name, p in plain.named_parameters():
-                    if p.grad is not None:
-                        p.add_(p.grad, alpha=-step_lrs[side[name]])
-
-    iteration()  # warm-up (first-call allocations, kernel selection)
-    plain_steps()
-    iter_times, plain_times = [], []
-    for _ in range(args.repeats):
-        iter_times.append(_seconds(iteration, device))
-        plain_times.append(_seconds(plain_steps, device))
-    cost = _memory(iteration, device)
-    it_s, plain_s = statistics.median(iter_times), statistics.median(plain_times)
-    out = {"syn_steps": syn_steps, "iteration_s": it_s, "plain_s": plain_s, "ratio": it_s / plain_s,
-           "rss_mb": cost.peak_rss_mb - cost.baseline_rss_mb}
-    if cost.peak_cuda_mb is not None:
-        out["cuda_mb"] = cost.peak_cuda_mb
-    return out
+                for name, p in plain.trainable_parameters().items():
+                    p.add_(p.grad, alpha=-float(lrs[side[name]]))
 
 
-def _param_counts(student: Student) -> tuple[int, int]:
-    params = student.trainable_parameters()
-    n_img = sum(p.numel() for n, p in params.items() if student.modality_of(n) == "image")
-    n_txt = sum(p.numel() for n, p in params.items() if student.modality_of(n) == "text")
-    return n_img, n_txt
+def measure_case(args: argparse.Namespace, model: ModelConfig, batch_syn: int, syn_steps: int, mode: str,
+                 device: torch.device) -> dict[str, object]:
+    row: dict[str, object] = {"mode": mode, "batch_syn": batch_syn, "syn_steps": syn_steps}
+    case = None
+    try:
+        case = Case(args, model, batch_syn, syn_steps, mode, device)
+        case.iteration()  # warm-up: first-call allocations, kernel selection, expert snapshots
+        row["iteration_s"] = statistics.median(_seconds(case.iteration, device) for _ in range(args.repeats))
+        row["peak_mb"] = _peak_mb(case.iteration, device)
+        if args.plain:
+            case.plain_steps()
+            row["plain_s"] = statistics.median(_seconds(case.plain_steps, device) for _ in range(args.repeats))
+    except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
+        if not _is_oom(exc):
+            raise
+        row["oom"] = True
+    finally:
+        del case
+        _release_freed_memory(device)
+    return row
 
 
-def _expert_bytes(student: Student, snapshots: int) -> tuple[int, int]:
-    """(one recorded epoch, one expert file of ``snapshots`` epochs) as safetensors bytes, keyed
-    as bench.experts writes them."""
-    from safetensors.torch import save
+def format_row(row: dict[str, object], baseline: dict[str, object] | None) -> str:
+    head = f"{row['mode']:<15}  {row['batch_syn']:>9}  {row['syn_steps']:>9}"
+    if row.get("oom"):
+        return f"{head}  {'out of memory':>11}"
+    line = f"{head}  {row['iteration_s']:>11.3f}  {row['peak_mb']:>14.1f}"
+    if "plain_s" in row:
+        line += f"  {row['plain_s']:>8.3f}  {row['iteration_s'] / row['plain_s']:>6.2f}"  # type: ignore[operator]
+    if baseline is not None and not baseline.get("oom") and row["mode"] != "original":
+        line += f"  {baseline['iteration_s'] / row['iteration_s']:>8.2f}x"  # type: ignore[operator]
+    return line
 
-    params = {n: p.detach().cpu().contiguous() for n, p in student.trainable_parameters().items()}
-    one = len(save({f"000/{n}": t for n, t in params.items()}))
-    file = len(save({f"{e:03d}/{n}": t.clone() for e in range(snapshots) for n, t in params.items()}))
-    return one, file
+
+def run_modes(args: argparse.Namespace, model: ModelConfig, device: torch.device) -> list[dict[str, object]]:
+    mem = "peak CUDA +MiB" if device.type == "cuda" else "peak RSS +MiB"
+    header = f"{'mode':<15}  {'batch_syn':>9}  {'syn_steps':>9}  {'iteration s':>11}  {mem:>14}"
+    if args.plain:
+        header += f"  {'plain s':>8}  {'ratio':>6}"
+    if "original" in args.modes:
+        header += f"  {'vs original':>9}"
+    print(header)
+    rows = []
+    for batch_syn in args.batch_syn:
+        for syn_steps in args.syn_steps:
+            baseline = None
+            for mode in args.modes:
+                row = measure_case(args, model, batch_syn, syn_steps, mode, device)
+                baseline = row if mode == "original" else baseline
+                rows.append(row)
+                print(format_row(row, baseline), flush=True)
+    return rows
+
+
+def _config_model(grid: GridConfig) -> tuple[ModelConfig, str]:
+    """The config's student; a checkpoint file that is not on disk becomes random weights."""
+    enc = grid.model.image_encoder
+    if enc.path and enc.name == "timm" and not Path(enc.path).expanduser().is_file():
+        note = f"{enc.timm_name} with random weights ({enc.path} not found)"
+        return replace(grid.model, image_encoder=replace(enc, pretrained=False)), note
+    return grid.model, f"{enc.name} {enc.timm_name or enc.path or f'width {enc.width} depth {enc.depth}'}"
+
+
+def _text_dim(grid: GridConfig) -> int:
+    """384 for the embedded MiniLM; otherwise the local encoder's hidden size (768 if unreadable)."""
+    import json
+
+    path = grid.datasets[0].text_encoder.path
+    if path is None:
+        return 384
+    try:
+        return int(json.loads((Path(path).expanduser() / "config.json").read_text())["hidden_size"])
+    except (OSError, KeyError, ValueError):
+        return 768
 
 
 def run_tower(args: argparse.Namespace, grid_model: ModelConfig, device: torch.device) -> None:
-    snapshots = 1 + args.paper_epochs
     args.resolution = args.vit_resolution
     with tempfile.TemporaryDirectory(prefix="bench-vit-") as tmp:
         models = tower_models(args, grid_model, Path(tmp) / "vit")
-        print(format_machine())
-        print(f"device {device}; {describe_vit(args)}; {grid_model.text_head} text head {TEXT_DIM} -> {grid_model.embed_dim or args.vit_hidden}; "
+        print(f"{describe_vit(args)}; {grid_model.text_head} text head {args.text_dim} -> {grid_model.embed_dim or args.vit_hidden}; "
               f"LoRA on q_proj/v_proj, alpha 2r, dropout 0")
-        print(f"synthetic set {args.n_syn} pairs, batch_syn {args.batch_syn}; median of {args.repeats} "
-              f"(after 1 warm-up), memory of one more iteration; plain = syn_steps SGD steps without create_graph")
-        print(f"buffer = {args.paper_experts} experts x {snapshots} recorded epochs (start + {args.paper_epochs})")
-        header = (f"{'matching':<9}  {'image params':>12}  {'text params':>11}  {'MiB/epoch':>9}  {'buffer MiB':>10}  "
-                  f"{'syn_steps':>9}  {'iteration s':>11}  {'plain s':>7}  {'ratio':>5}  {'peak RSS +MiB':>13}")
-        if device.type == "cuda":
-            header += f"  {'peak CUDA MiB':>13}"
-        print(header)
-        rows: dict[str, list[dict[str, float]]] = {}
         for label, model in models.items():
-            args.model = model
-            student = build_student(model, args.resolution, TEXT_DIM, args.seed)
-            n_img, n_txt = _param_counts(student)
-            per_epoch, per_expert = _expert_bytes(student, snapshots)
-            buffer = per_expert * args.paper_experts
-            experts = RandomExperts(student, args.matching.max_start_epoch + args.matching.expert_epochs, args.seed + 1)
-            for syn_steps in args.syn_steps:
-                r = bench_syn_steps(args, syn_steps, student, experts, device)
-                r.update(per_epoch=per_epoch, buffer=buffer, n_img=n_img)
-                rows.setdefault(label, []).append(r)
-                line = (f"{label:<9}  {n_img:>12,}  {n_txt:>11,}  {per_epoch / 2**20:>9.3f}  {buffer / 2**20:>10.1f}  "
-                        f"{syn_steps:>9}  {r['iteration_s']:>11.3f}  {r['plain_s']:>7.3f}  {r['ratio']:>5.1f}  "
-                        f"{r['rss_mb']:>13.1f}")
-                if "cuda_mb" in r:
-                    line += f"  {r['cuda_mb']:>13.1f}"
-                print(line, flush=True)
-        (full_label, full), (lora_label, lora) = rows.items()
-        for f, lo in zip(full, lora):
-            print(f"{lora_label} / full at syn_steps {f['syn_steps']}: trainable image params x{lo['n_img'] / f['n_img']:.4f}, "
-                  f"expert bytes x{lo['per_epoch'] / f['per_epoch']:.4f}, iteration time x{lo['iteration_s'] / f['iteration_s']:.2f}, "
-                  f"peak RSS growth x{lo['rss_mb'] / max(f['rss_mb'], 1e-9):.2f}")
+            student = build_student(model, args.resolution, args.text_dim, args.seed)
+            params = student.trainable_parameters()
+            n_img = sum(p.numel() for n, p in params.items() if student.modality_of(n) == "image")
+            print(f"\n{label}: {n_img:,} trainable image parameters")
+            run_modes(args, model, device)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tower", choices=["config", "vit"], default="config",
-                        help="config: the config's student at several syn_steps; vit: full-parameter vs LoRA "
-                             "matching of one ViT tower")
-    parser.add_argument("--syn-steps", type=int, nargs="+", default=None,
-                        help="default 2 4 8 16 (--tower config), 4 8 (--tower vit)")
-    parser.add_argument("--batch-syn", type=int, default=None, help="default 50 (config), 20 (vit)")
-    parser.add_argument("--n-syn", type=int, default=None, help="pairs in the synthetic set; default 100 (config), 40 (vit)")
-    parser.add_argument("--repeats", type=int, default=3)
-    add_vit_arguments(parser)
-    vit = parser.add_argument_group("--tower vit buffer size")
-    vit.add_argument("--paper-experts", type=int, default=20, help="experts of the buffer size reported")
-    vit.add_argument("--paper-epochs", type=int, default=3, help="recorded epochs per expert (plus the start)")
     parser.add_argument("--config", default=str(REPO / "configs" / "quickstart.yaml"),
-                        help="grid whose model and (first) dataset resolution are used")
+                        help="grid whose student, (first) dataset resolution and text encoder width are used")
+    parser.add_argument("--tower", choices=["config", "vit"], default="config",
+                        help="config: the config's student; vit: full-parameter vs LoRA matching of one ViT")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=None,
+                        help="default: original unrolled recompute (+ recompute+bf16 on CUDA)")
+    parser.add_argument("--syn-steps", type=int, nargs="+", default=[2, 4, 8, 16])
+    parser.add_argument("--batch-syn", type=int, nargs="+", default=[50])
+    parser.add_argument("--n-syn", type=int, default=None, help="pairs in the synthetic set (default 2 x the largest batch)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-plain", dest="plain", action="store_false", help="skip the plain-steps baseline")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: the config's runner.cpus_per_task, what a cell gets)")
     parser.add_argument("--seed", type=int, default=0)
+    add_vit_arguments(parser)
     args = parser.parse_args()
-    vit_mode = args.tower == "vit"
-    args.syn_steps = args.syn_steps or ([4, 8] if vit_mode else [2, 4, 8, 16])
-    args.batch_syn = args.batch_syn or (20 if vit_mode else 50)
-    args.n_syn = args.n_syn or (40 if vit_mode else 100)
-    if vit_mode and (args.vit_hidden % args.vit_heads or args.vit_resolution % args.vit_patch):
-        parser.error("--vit-hidden must be divisible by --vit-heads and --vit-resolution by --vit-patch")
-    if args.n_syn < 2 or args.batch_syn < 2 or args.repeats < 1 or min(args.syn_steps) < 1:
-        parser.error("--n-syn and --batch-syn must be >= 2, --repeats and every --syn-steps >= 1")
+    if min(args.batch_syn) < 2 or args.repeats < 1 or min(args.syn_steps) < 1:
+        parser.error("every --batch-syn must be >= 2, --repeats and every --syn-steps >= 1")
     device = pick_device(args.device)
+    args.modes = args.modes or ["original", "unrolled", "recompute"] + (["recompute+bf16"] if device.type == "cuda" else [])
+    args.n_syn = args.n_syn or 2 * max(args.batch_syn)
     grid = load_grid(args.config)
     torch.set_num_threads(args.threads or grid.runner.cpus_per_task)
-    args.model = grid.model
-    args.resolution = grid.datasets[0].embedded.resolution if grid.datasets[0].source == "embedded" else 32
-    args.matching = MatchingConfig(batch_syn=args.batch_syn, checkpoint_every=0)
-    if vit_mode:
+    data = grid.datasets[0]
+    args.resolution = data.resolution
+    args.text_dim = _text_dim(grid)
+    args.matching = MatchingConfig(checkpoint_every=0)
+    print(format_machine())
+    print(f"device {device}; synthetic set {args.n_syn} pairs; median of {args.repeats} iterations after 1 warm-up; "
+          f"memory of one more iteration from a clean baseline")
+    if args.tower == "vit":
         run_tower(args, grid.model, device)
         return 0
-    student = build_student(args.model, args.resolution, TEXT_DIM, args.seed)
-    experts = RandomExperts(student, args.matching.max_start_epoch + args.matching.expert_epochs, args.seed + 1)
-    n_img, n_txt = _param_counts(student)
-    enc = args.model.image_encoder
-    print(format_machine())
-    print(f"device {device}; model {enc.name} width {enc.width} depth {enc.depth} at {args.resolution} px, "
-          f"{args.model.text_head} text head {TEXT_DIM} -> {student.embed_dim}; trainable parameters "
-          f"{n_img:,} image + {n_txt:,} text")
-    print(f"synthetic set {args.n_syn} pairs, batch_syn {args.batch_syn}; median of {args.repeats} "
-          f"(after 1 warm-up), memory of one more iteration; plain = syn_steps SGD steps without create_graph")
-    header = f"{'syn_steps':>9}  {'iteration s':>11}  {'plain s':>9}  {'ratio':>6}  {'peak RSS +MiB':>13}"
-    if device.type == "cuda":
-        header += f"  {'peak CUDA MiB':>13}"
-    print(header)
-    for syn_steps in args.syn_steps:
-        r = bench_syn_steps(args, syn_steps, student, experts, device)
-        line = (f"{r['syn_steps']:>9}  {r['iteration_s']:>11.3f}  {r['plain_s']:>9.3f}  {r['ratio']:>6.1f}  "
-                f"{r['rss_mb']:>13.1f}")
-        if "cuda_mb" in r:
-            line += f"  {r['cuda_mb']:>13.1f}"
-        print(line, flush=True)
+    model, note = _config_model(grid)
+    student = build_student(model, args.resolution, args.text_dim, args.seed)
+    params = student.trainable_parameters()
+    n_img = sum(p.numel() for n, p in params.items() if student.modality_of(n) == "image")
+    n_txt = sum(p.numel() for n, p in params.items() if student.modality_of(n) == "text")
+    print(f"{Path(args.config).name}: {note} at {args.resolution} px, {model.text_head} text head {args.text_dim} -> "
+          f"{student.embed_dim}; trainable parameters {n_img:,} image + {n_txt:,} text")
+    del student, params
+    run_modes(args, model, device)
     return 0
 
 

@@ -24,6 +24,7 @@ from bench.config import ConfigError, from_dict, to_dict
 from bench.env import torch_threads
 from bench.experts import ExpertConfig, ensure_experts, train_expert
 from bench.matching import MatchingConfig, TrajectoryMatcher
+from methods.distill._trajectory import synthetic_start
 from bench.models.image_encoders import ImageEncoderConfig
 from bench.models.lora import LoraConfig
 from bench.models.student import ModelConfig, build_student, functional_embed
@@ -196,14 +197,10 @@ def test_expert_training_is_deterministic(env, tmp_path):
 
 def _iteration_grads(env, student):
     cfg = MatchingConfig(syn_steps=2, batch_syn=5, max_start_epoch=1, checkpoint_every=0)
-    matcher = TrajectoryMatcher(student, env.lora, cfg, True, True, CPU)
+    matcher = TrajectoryMatcher(student, env.lora, cfg, CPU)
     real = env.data.train_pairs(torch.arange(0, 50, 5))
-    state = matcher.initial_state(real, 0)
-    images, texts = state.images.requires_grad_(True), state.texts.requires_grad_(True)
-    lrs = state.lrs.requires_grad_(True)
-    loss = matcher.iteration(images, texts, lrs, seed=0, it=0)
-    matcher.backward(loss)
-    return loss.detach(), images.grad, texts.grad, lrs.grad
+    loss, grads = matcher.meta_gradients(matcher.tensors(synthetic_start(real, cfg, True, True)), seed=0, it=0)
+    return loss, grads["images"], grads["texts"], grads["lrs"]
 
 
 def test_a_matching_iteration_reaches_images_texts_and_step_sizes(env):
@@ -214,7 +211,8 @@ def test_a_matching_iteration_reaches_images_texts_and_step_sizes(env):
     assert bool((lrs != 0).all())  # both the image-side (LoRA) and the text-side step size
 
 
-def test_sdpa_attention_matches_eager_in_the_inner_loop(env, monkeypatch):
+@pytest.mark.parametrize("memory", ["unrolled", "recompute"])
+def test_sdpa_attention_matches_eager_in_the_inner_loop(env, monkeypatch, memory):
     eager = _iteration_grads(env, _student(env))
     sdpa_model = replace(env.grid.model, image_encoder=replace(env.grid.model.image_encoder, attn_implementation="sdpa"))
     sdpa = _iteration_grads(env, _student(env, sdpa_model))
@@ -222,10 +220,12 @@ def test_sdpa_attention_matches_eager_in_the_inner_loop(env, monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     # Without the math backend the fused CPU kernel has no double backward: a clear error.
     monkeypatch.setattr(bench.matching, "math_attention", contextlib.nullcontext)
-    cfg = MatchingConfig(iterations=1, syn_steps=2, batch_syn=5, max_start_epoch=1, checkpoint_every=0)
-    matcher = TrajectoryMatcher(_student(env, sdpa_model), env.lora, cfg, True, True, CPU)
+    cfg = MatchingConfig(iterations=1, syn_steps=2, batch_syn=5, max_start_epoch=1, checkpoint_every=0,
+                         memory=memory)
+    matcher = TrajectoryMatcher(_student(env, sdpa_model), env.lora, cfg, CPU)
+    learned = synthetic_start(env.data.train_pairs(torch.arange(10)), cfg, True, True)
     with pytest.raises(RuntimeError, match=r"_scaled_dot_product_flash_attention.*attn_implementation: eager"):
-        matcher.run(env.data.train_pairs(torch.arange(10)), seed=0, key="sdpa")
+        matcher.run(learned, seed=0, key="sdpa")
 
 
 # ----------------------------------------------------------------------------- config

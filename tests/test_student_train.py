@@ -88,3 +88,24 @@ def test_epoch_hook_sees_every_epoch():
 def test_normalize_round_trip():
     x = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
     torch.testing.assert_close(denormalize_images(normalize_images(x)), x.float() / 255)
+
+
+def test_bf16_precision_trains_under_autocast_and_is_recorded_only_when_set():
+    from dataclasses import replace
+
+    from bench.config import to_dict
+
+    gen = torch.Generator().manual_seed(0)
+    pairs = PairSet.synthetic(torch.randn(16, 3, 8, 8, generator=gen), torch.randn(16, 6, generator=gen))
+    model = ModelConfig(image_encoder=ImageEncoderConfig(width=4, depth=1))
+    cfg = TrainConfig(epochs=2, batch_size=8, lr_image=0.1, lr_text=0.1)
+    results = {}
+    for precision in ("fp32", "bf16"):
+        student = build_student(model, 8, 6, seed=0)
+        stats = train_student(student, pairs, replace(cfg, precision=precision), 0, CPU)
+        results[precision] = (stats.epoch_losses, student.text_head.projection.weight.detach().clone())
+        assert student.text_head.projection.weight.dtype == torch.float32  # the parameters stay float32
+    assert results["fp32"][0] != results["bf16"][0]  # autocast really ran
+    torch.testing.assert_close(results["bf16"][1], results["fp32"][1], rtol=0.05, atol=0.01)
+    # The default leaves config hashes as before the field existed; bf16 is recorded.
+    assert "precision" not in to_dict(cfg) and to_dict(replace(cfg, precision="bf16"))["precision"] == "bf16"

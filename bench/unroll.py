@@ -1,0 +1,190 @@
+"""Meta-gradients through ``syn_steps`` SGD steps of a student on a synthetic set.
+
+Trajectory matching starts a student at an expert's parameters theta_0, takes the steps
+
+    theta_{k+1} = theta_k - lr * g_k,    g_k = grad_theta L_inner(theta_k; batch k of the set)
+
+and needs the gradient of a loss on theta_N with respect to everything the steps read: the
+synthetic images and text vectors (and whatever else the inner loss reads, e.g. learned
+similarity targets) and the step sizes ``lr``. Two exact ways to get it, same numbers:
+
+* ``unrolled``: keep the autograd graph of every step (``create_graph=True``) and
+  back-propagate once. Memory grows with ``syn_steps`` (every step's activations and their
+  gradient graph stay alive).
+* ``recompute``: run the steps without a graph, keeping only the iterates theta_k (one flat
+  vector each), then walk the steps backwards with the adjoint a_k = dLoss/dtheta_k
+  (after TESLA, Cui et al., ICML 2023): re-run step k's forward and backward with a graph and
+  take one vector-Jacobian product of g_k with ``lr * a_{k+1}``, which yields at once
+
+      a_k        = a_{k+1} - (dg_k/dtheta_k)^T (lr * a_{k+1})
+      dLoss/dX  -= (dg_k/dX)^T (lr * a_{k+1})        for every learned tensor X
+      dLoss/dlr -= sum over each side of a_{k+1} * g_k
+
+  Peak memory is one step's graph plus the iterates, whatever ``syn_steps`` is; the price is
+  one more plain forward + backward per step.
+
+Everything random inside a step (dropout masks, augmentation) is drawn from that step's own
+seed, so the recomputed step is the step that was taken.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import torch
+
+from bench.flat_params import ParamLayout
+from bench.models.student import Student, contrastive_loss, functional_embed
+
+MemoryMode = Literal["unrolled", "recompute"]
+Precision = Literal["fp32", "bf16"]
+
+
+class InnerLoss(Protocol):
+    """The loss a student minimises inside the unrolled steps.
+
+    ``image_emb``/``text_emb`` are the student's (normalised) embeddings of the batch, ``batch``
+    the indices of its pairs in the synthetic set, ``tensors`` every tensor the matcher holds
+    (a method's extra learned tensors, e.g. similarity parameters, are read from here)."""
+
+    def __call__(self, image_emb: torch.Tensor, text_emb: torch.Tensor, batch: torch.Tensor,
+                 tensors: Mapping[str, torch.Tensor]) -> torch.Tensor: ...
+
+
+#: Maps a batch of model-input images to augmented ones, differentiably in the images, with
+#: every random choice drawn from the generator.
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+def contrastive_inner_loss(logit_scale: float) -> InnerLoss:
+    """Symmetric InfoNCE with the pairs of the batch as positives (the default inner loss)."""
+
+    def loss(image_emb: torch.Tensor, text_emb: torch.Tensor, batch: torch.Tensor,
+             tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return contrastive_loss(image_emb, text_emb, logit_scale)
+
+    return loss
+
+
+def math_attention() -> contextlib.AbstractContextManager[None]:
+    """Scaled-dot-product attention by its math (composite) backend: twice differentiable,
+    unlike the fused kernels (on CPU torch 2.13 the meta-gradient otherwise fails with
+    "derivative for aten::_scaled_dot_product_flash_attention_for_cpu_backward is not
+    implemented"). Only towers with ``attn_implementation: sdpa`` are affected; their gradients
+    equal eager's."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.MATH])
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """What each of the unrolled steps uses: the pairs of its batch and the seed of its
+    randomness (dropout, augmentation)."""
+
+    batches: tuple[torch.Tensor, ...]
+    seeds: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def matching_distance(final: torch.Tensor, start: torch.Tensor, target: torch.Tensor,
+                      layout: ParamLayout) -> torch.Tensor:
+    """Sum over the image and the text side of ||final - target||^2 / ||start - target||^2
+    (0: both targets hit; 2: the student did not move)."""
+    num = layout.side_sums((final - target) ** 2)
+    den = layout.side_sums((start - target) ** 2).clamp_min(1e-12)
+    return (num / den).sum()
+
+
+class InnerSteps:
+    """One student, its flat layout, the inner loss and the options of the unrolled steps."""
+
+    def __init__(self, student: Student, layout: ParamLayout, inner_loss: InnerLoss,
+                 augment: Augment | None = None, precision: Precision = "fp32") -> None:
+        self.student = student
+        self.layout = layout
+        self.inner_loss = inner_loss
+        self.augment = augment
+        self.precision = precision
+
+    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager[object]:
+        if self.precision == "bf16":
+            return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def gradient(self, theta: torch.Tensor, tensors: Mapping[str, torch.Tensor], batch: torch.Tensor,
+                 seed: int, create_graph: bool) -> torch.Tensor:
+        """grad of the inner loss at ``theta`` on ``batch``; ``theta`` must require grad."""
+        torch.manual_seed(seed)  # dropout masks (the caller forks the global RNG)
+        images, texts = tensors["images"][batch], tensors["texts"][batch]
+        if self.augment is not None:
+            images = self.augment(images, torch.Generator().manual_seed(seed))
+        with self._autocast(theta.device):
+            image_emb, text_emb = functional_embed(self.student, self.layout.unflatten(theta), images, texts)
+        # The loss in the parameters' precision (autocast may hand back bfloat16 embeddings).
+        loss = self.inner_loss(image_emb.to(theta.dtype), text_emb.to(theta.dtype), batch, tensors)
+        (grad,) = torch.autograd.grad(loss, theta, create_graph=create_graph)
+        return grad
+
+
+def _learned(tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of the tensors to differentiate with respect to (the step sizes apart)."""
+    return [k for k, t in tensors.items() if t.requires_grad and k != "lrs"]
+
+
+def unrolled_meta_gradients(steps: InnerSteps, start: torch.Tensor, target: torch.Tensor,
+                            tensors: Mapping[str, torch.Tensor], plan: StepPlan
+                            ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    lrs = tensors["lrs"]
+    step_sizes = steps.layout.step_sizes(lrs)
+    theta = start.detach().clone().requires_grad_(True)
+    current = theta
+    for batch, seed in zip(plan.batches, plan.seeds):
+        current = current - step_sizes * steps.gradient(current, tensors, batch, seed, create_graph=True)
+    loss = matching_distance(current, start, target, steps.layout)
+    names = _learned(tensors) + (["lrs"] if lrs.requires_grad else [])
+    grads = torch.autograd.grad(loss, [tensors[n] for n in names], allow_unused=True)
+    return loss.detach(), {n: torch.zeros_like(tensors[n]) if g is None else g for n, g in zip(names, grads)}
+
+
+def recompute_meta_gradients(steps: InnerSteps, start: torch.Tensor, target: torch.Tensor,
+                             tensors: Mapping[str, torch.Tensor], plan: StepPlan
+                             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    layout = steps.layout
+    lrs = tensors["lrs"]
+    step_sizes = layout.step_sizes(lrs.detach())
+    frozen = {k: t.detach() for k, t in tensors.items()}
+    iterates = [start.detach()]
+    for batch, seed in zip(plan.batches, plan.seeds):  # forward: the iterates only, no graph kept
+        theta = iterates[-1].requires_grad_(True)
+        grad = steps.gradient(theta, frozen, batch, seed, create_graph=False)
+        iterates[-1] = theta.detach()
+        iterates.append(iterates[-1] - step_sizes * grad)
+    final = iterates.pop().requires_grad_(True)
+    loss = matching_distance(final, start, target, layout)
+    (adjoint,) = torch.autograd.grad(loss, final)
+
+    names = _learned(tensors)
+    grads = {n: torch.zeros_like(tensors[n]) for n in names}
+    lr_grad = torch.zeros_like(lrs)
+    for k in reversed(range(len(plan))):  # backward: one step's graph at a time
+        theta = iterates.pop().requires_grad_(True)
+        grad = steps.gradient(theta, tensors, plan.batches[k], plan.seeds[k], create_graph=True)
+        outs = torch.autograd.grad(grad, [theta] + [tensors[n] for n in names],
+                                   grad_outputs=step_sizes * adjoint, allow_unused=True)
+        lr_grad -= layout.side_sums(adjoint * grad.detach())
+        adjoint = adjoint - outs[0]
+        for name, out in zip(names, outs[1:]):
+            if out is not None:
+                grads[name] -= out
+    if lrs.requires_grad:
+        grads["lrs"] = lr_grad
+    return loss.detach(), grads
+
+
+META_GRADIENTS = {"unrolled": unrolled_meta_gradients, "recompute": recompute_meta_gradients}
