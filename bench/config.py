@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -16,11 +17,30 @@ from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 import yaml
 
+from bench.errors import UserError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config value or key is invalid; the message names the key path."""
+
+
+_PATH_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
+
+
+def check_path_name(value: str, what: str) -> str:
+    """``value`` unchanged if it is safe as (part of) a file name, else ``ValueError`` (which
+    :func:`from_dict` reports under the key path of the dataclass being built).
+
+    Dataset names and method names/labels become parts of file names (``records/<dataset>__
+    <method>__b<budget>__s<seed>.json``, cache files), so they must not be able to name another
+    directory ('/', '..'), be hidden, or contain the cell-id separator '__'."""
+    if not isinstance(value, str) or not _PATH_NAME.fullmatch(value) or ".." in value or "__" in value:
+        raise ValueError(
+            f"{what}: {value!r} cannot be used in file names; use 1-100 letters, digits, '.', '_', '-' or '+', "
+            "starting with a letter or digit, without '..' or '__'")
+    return value
 
 
 def _describe(tp: Any) -> str:
@@ -153,7 +173,7 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
     except ConfigError:
         raise
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"{where or cls.__name__}: {exc}") from exc
+        raise ConfigError(f"{where}: {exc}" if where else str(exc)) from exc
 
 
 def _default(f: dataclasses.Field) -> Any:
@@ -181,6 +201,13 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's multi-line message as one line: what is wrong, and where."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Parse ``a.b.c=value`` (value read as YAML, so numbers and lists work)."""
     if "=" not in text:
@@ -189,7 +216,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     parts = [p for p in key.strip().split(".") if p]
     if not parts:
         raise ConfigError(f"override {text!r} has an empty key")
-    return parts, yaml.safe_load(raw)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({yaml_problem(exc)})") from None
+    return parts, value
 
 
 def _override_slot(node: Any, part: str, text: str) -> Any:
@@ -237,8 +268,12 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config {path} is a directory; give a YAML file (e.g. configs/quickstart.yaml)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+        raise ConfigError(f"{path}: invalid YAML: {yaml_problem(exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     return data

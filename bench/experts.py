@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 
 from bench.config import to_dict
 from bench.data.datasets import PreparedDataset
-from bench.io import stable_hash, write_atomic
+from bench.io import discard_corrupt, stable_hash, write_atomic
 from bench.models.student import ModelConfig, Student, build_student
 from bench.train import TrainConfig, train_student
 
@@ -49,8 +49,9 @@ class ExpertConfig:
 
 
 def expert_key(data: PreparedDataset, model_cfg: ModelConfig, cfg: ExpertConfig, base: TrainConfig) -> str:
-    return stable_hash({"dataset": data.dataset.content_key, "model": to_dict(model_cfg),
-                        "recipe": to_dict(cfg.train_config(base)), "seed": cfg.seed, "version": 1})
+    """Keyed by the dataset key (content + text encoder, :attr:`PreparedDataset.key`)."""
+    return stable_hash({"dataset": data.key, "model": to_dict(model_cfg),
+                        "recipe": to_dict(cfg.train_config(base)), "seed": cfg.seed, "version": 2})
 
 
 def expert_dir(cache_dir: str | Path, data: PreparedDataset, key: str) -> Path:
@@ -61,6 +62,21 @@ def expert_path(directory: Path, index: int) -> Path:
     return directory / f"expert_{index:03d}.safetensors"
 
 
+def expert_file_problem(path: Path, key: str | None, epochs: int) -> str | None:
+    """Why the expert file ``path`` cannot serve recipe ``key`` (None: any) with ``epochs``
+    recorded epochs (unreadable or truncated, another recipe, epochs missing), or None. Reads
+    only the safetensors header, which also proves the file is as long as the header says."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata, names = f.metadata() or {}, list(f.keys())
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+        return f"{type(exc).__name__}: {exc}"
+    if key is not None and metadata.get("expert_key") != key:
+        return "it was made by another recipe (expert_key mismatch)"
+    missing = [e for e in range(epochs + 1) if not any(n.startswith(f"{e:03d}/") for n in names)]
+    return f"epoch(s) {missing} are not recorded" if missing else None
+
+
 def _snapshot(student: Student) -> dict[str, torch.Tensor]:
     return {name: p.detach().cpu().clone() for name, p in student.trainable_parameters().items()}
 
@@ -69,11 +85,15 @@ def train_expert(
     data: PreparedDataset, model_cfg: ModelConfig, cfg: ExpertConfig, base: TrainConfig,
     index: int, cache_dir: str | Path, device: torch.device, progress: bool = False,
 ) -> Path:
-    """Train expert ``index`` unless its file exists; returns the file."""
+    """Train expert ``index`` unless a valid file exists (an unusable one is reported, removed
+    and retrained); returns the file."""
     key = expert_key(data, model_cfg, cfg, base)
     path = expert_path(expert_dir(cache_dir, data, key), index)
     if path.is_file():
-        return path
+        problem = expert_file_problem(path, key, cfg.epochs)
+        if problem is None:
+            return path
+        discard_corrupt(path, "expert trajectory", problem)
     seed = cfg.seed + index
     student = build_student(model_cfg, data.train.resolution, data.text_dim, seed)
     tensors = {f"{0:03d}/{name}": t for name, t in _snapshot(student).items()}
@@ -98,6 +118,12 @@ class TrajectoryBuffer:
         missing = [p for p in self.paths if not p.is_file()]
         if missing:
             raise FileNotFoundError(f"expert trajectories missing: {missing[0]} (and {len(missing) - 1} more)")
+        for path in self.paths:  # readable and complete; the recipe is checked on every read
+            problem = expert_file_problem(path, None, epochs)
+            if problem is not None:
+                discard_corrupt(path, "expert trajectory", problem)
+                raise ValueError(f"expert trajectory {path} is unusable ({problem}); it was removed and is "
+                                 "retrained when the cell runs again")
         self.epochs = epochs
         self.key = key
 

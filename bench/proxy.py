@@ -2,11 +2,13 @@
 
 One proxy run yields both things coresets need: per-pair features (L2-normalised image
 embedding ++ text embedding from the trained proxy) and forgetting statistics collected while
-it trained. It is cached on disk per dataset, model, recipe and seed.
+it trained. It is cached on disk per dataset key (content + text encoder), model, recipe and seed; a cache
+file that cannot be read back is reported, removed and computed again.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -15,8 +17,8 @@ import torch
 
 from bench.config import to_dict
 from bench.data.datasets import PreparedDataset
-from bench.evaluate import embed_pairs
-from bench.io import stable_hash, torch_save_atomic
+from bench.embed import embed_pairs
+from bench.io import load_torch_or_none, stable_hash, torch_save_atomic
 from bench.models.student import ModelConfig, build_student
 from bench.train import TrainConfig, train_student
 
@@ -66,10 +68,28 @@ class ProxyRun:
 
 
 def proxy_key(data: PreparedDataset, model_cfg: ModelConfig, train_cfg: TrainConfig, seed: int) -> str:
-    return stable_hash({
-        "dataset": data.dataset.content_key, "text": stable_hash(data.text_emb["train"][:8].tolist()),
-        "model": to_dict(model_cfg), "train": to_dict(train_cfg), "seed": seed, "version": 1,
-    })
+    return stable_hash({"dataset": data.key, "model": to_dict(model_cfg), "train": to_dict(train_cfg),
+                        "seed": seed, "version": 2})
+
+
+def proxy_path(cache_dir: str | Path, data: PreparedDataset, key: str) -> Path:
+    return Path(cache_dir) / "proxy" / f"{data.name}-{key}.pt"
+
+
+_PROXY_FIELDS = ("features", "forgetting_counts", "ever_learned", "info")
+
+
+def _check_proxy(n_pairs: int) -> Callable[[object], str | None]:
+    """What :func:`load_torch_or_none` asks of a cached proxy run of ``n_pairs`` pairs."""
+
+    def check(blob: object) -> str | None:
+        if not isinstance(blob, dict) or set(blob) != set(_PROXY_FIELDS):
+            return f"not a proxy run (expected the keys {', '.join(_PROXY_FIELDS)})"
+        rows = {k: getattr(blob[k], "shape", (None,))[0] for k in _PROXY_FIELDS[:3]}
+        if any(r != n_pairs for r in rows.values()):
+            return f"it covers {rows} pairs, the dataset has {n_pairs}"
+        return None
+    return check
 
 
 def compute_proxy(
@@ -90,9 +110,9 @@ def load_or_compute_proxy(
     data: PreparedDataset, model_cfg: ModelConfig, train_cfg: TrainConfig, seed: int,
     device: torch.device, cache_dir: str | Path, progress: bool = False,
 ) -> ProxyRun:
-    path = Path(cache_dir) / "proxy" / f"{data.name}-{proxy_key(data, model_cfg, train_cfg, seed)}.pt"
-    if path.is_file():
-        blob = torch.load(path, weights_only=False)
+    path = proxy_path(cache_dir, data, proxy_key(data, model_cfg, train_cfg, seed))
+    blob = load_torch_or_none(path, "proxy cache", check=_check_proxy(data.train.n_captions))
+    if blob is not None:
         return ProxyRun(**blob)
     run = compute_proxy(data, model_cfg, train_cfg, seed, device, progress)
     torch_save_atomic(path, {"features": run.features, "forgetting_counts": run.forgetting_counts,

@@ -59,6 +59,17 @@ def spec(tmp_path: Path) -> KarpathySpec:
     return make_dataset(tmp_path)
 
 
+def _mapped_file(tensor: torch.Tensor) -> str | None:
+    """The file whose memory mapping holds ``tensor``'s data (Linux /proc), or None."""
+    address = tensor.data_ptr()
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split()
+        low, high = (int(x, 16) for x in fields[0].split("-"))
+        if low <= address < high:
+            return fields[5] if len(fields) > 5 else None
+    return None
+
+
 def cache_files(cache: Path) -> list[Path]:
     return sorted(p for p in cache.rglob("*") if p.is_file()) if cache.exists() else []
 
@@ -141,7 +152,9 @@ def test_cache_hit_decodes_nothing(spec: KarpathySpec, tmp_path: Path, monkeypat
     cache = tmp_path / "cache"
     first = load_karpathy(spec, cache)
     files = cache_files(cache)
-    assert len(files) == 1 and files[0].name == f"tiny-8px-{first.content_key}.pt"
+    assert [f.name for f in files] == [f"tiny-8px-{first.content_key}.json", f"tiny-8px-{first.content_key}.u8"]
+    # The pixels are a memory map of the cache file, not a copy in memory.
+    assert all(_mapped_file(first.split(s).images) == str(files[1]) for s in ("train", "val", "test"))
 
     def boom(*a: Any, **k: Any) -> None:
         raise AssertionError("decoded on a cache hit")
@@ -173,18 +186,24 @@ def test_cache_misses_on_changes(spec: KarpathySpec, tmp_path: Path) -> None:
     Image.new("RGB", (30, 30), (1, 2, 3)).save(Path(spec.image_root) / "d.png")
     ds2 = load_karpathy(spec, cache)
     assert ds2.content_key != ds.content_key and ds2.val.images[0, :, 0, 0].tolist() == [1, 2, 3]
-    assert len(cache_files(cache)) == 4
+    assert len(cache_files(cache)) == 8  # four entries of two files
 
 
-def test_unreadable_cache_is_rebuilt(spec: KarpathySpec, tmp_path: Path) -> None:
+@pytest.mark.parametrize("damage", ["truncate pixels", "garbage description"])
+def test_unreadable_cache_is_rebuilt(spec: KarpathySpec, tmp_path: Path, damage: str) -> None:
     cache = tmp_path / "cache"
     ds = load_karpathy(spec, cache)
-    (path,) = cache_files(cache)
-    path.write_bytes(b"garbage")
-    with pytest.warns(UserWarning, match="ignoring unreadable image cache"):
+    expected = ds.train.images.clone()
+    files = cache_files(cache)
+    meta, pixels = files
+    if damage == "truncate pixels":
+        pixels.write_bytes(pixels.read_bytes()[:100])
+    else:
+        meta.write_text("{not json")
+    with pytest.warns(UserWarning, match=rf"image cache {meta}.*unusable.*rebuilding"):
         again = load_karpathy(spec, cache)
-    assert torch.equal(again.train.images, ds.train.images)
-    assert cache_files(cache) == [path]
+    assert torch.equal(again.train.images, expected)
+    assert cache_files(cache) == files
 
 
 def test_corrupt_image_leaves_no_cache_file(spec: KarpathySpec, tmp_path: Path) -> None:
@@ -338,3 +357,22 @@ def test_error_type_is_value_error() -> None:
     assert issubclass(AnnotationError, ValueError)
     err = AnnotationError(["x.json, entry 3: caption is empty"])
     assert str(err).startswith("x.json, entry 3: caption is empty")
+
+
+# --------------------------------------------------------------------------------------------
+# wide greyscale
+
+
+def test_16_bit_png_is_scaled_not_clipped(tmp_path: Path) -> None:
+    """Pillow opens a 16-bit greyscale PNG as mode I;16 and clips it at 255 in convert("RGB")
+    (mid-grey came out white); decoding scales 0..65535 to 0..255 instead."""
+    ramp = np.tile(np.array([0, 257 * 64, 0x8000, 257 * 200, 65535], dtype=np.uint16), (5, 1))
+    path = tmp_path / "grey16.png"
+    Image.fromarray(ramp).save(path)
+    with Image.open(path) as img:
+        assert img.mode.startswith("I") and np.asarray(img).max() == 65535  # a real 16-bit file
+    arr = decode_image(path, 5)
+    assert arr[0, 2].tolist() == [0, 64, 128, 200, 255]  # the ramp, one row of the red channel
+    assert (arr[0] == arr[1]).all() and (arr[1] == arr[2]).all()  # grey stays grey
+    out = decode_images([path], 5)
+    assert out[0, :, 2, 2].tolist() == [128, 128, 128]

@@ -11,8 +11,9 @@ import torch
 from bench.data.embedded import EmbeddedSpec, generate_embedded
 from bench.data.karpathy import KarpathySpec, load_karpathy
 from bench.data.pairs import PairSet, real_pairs
-from bench.data.text_encoder import TextEncoder, TextEncoderConfig, cached_caption_embeddings
+from bench.data.text_encoder import TextEncoder, TextEncoderConfig, cached_caption_embeddings, model_identity
 from bench.data.types import Dataset, Split
+from bench.io import bytes_hash, stable_hash
 
 
 @dataclass(frozen=True)
@@ -37,16 +38,36 @@ class DatasetConfig:
         return self.embedded.resolution if self.source == "embedded" else self.karpathy.resolution  # type: ignore[union-attr]
 
 
+def dataset_key(content_key: str, encoder_key: str) -> str:
+    """The identity of a prepared dataset: its content (images and captions) and the text
+    encoder that embedded the captions. Every cache derived from a prepared dataset (proxy
+    models, expert trajectories, distillation checkpoints) is keyed by it, so switching the
+    text encoder (another model, pooling, normalisation, max_length) never reuses them."""
+    return stable_hash({"content": content_key, "text_encoder": encoder_key})
+
+
 @dataclass(frozen=True)
 class PreparedDataset:
-    """A dataset with the frozen text encoder's embedding of every caption of every split."""
+    """A dataset with the frozen text encoder's embedding of every caption of every split.
+
+    ``encoder_key`` is :func:`bench.data.text_encoder.model_identity` of the encoder (set by
+    :func:`prepare_dataset`); without it, :attr:`key` fingerprints the embeddings instead."""
 
     dataset: Dataset
     text_emb: dict[str, torch.Tensor]
+    encoder_key: str | None = None
 
     @property
     def name(self) -> str:
         return self.dataset.name
+
+    @property
+    def key(self) -> str:
+        """The dataset key (:func:`dataset_key`) that every derived cache is keyed by."""
+        encoder = self.encoder_key
+        if encoder is None:
+            encoder = bytes_hash(*(self.text_emb[s].contiguous().numpy().tobytes() for s in sorted(self.text_emb)))
+        return dataset_key(self.dataset.content_key, encoder)
 
     @property
     def train(self) -> Split:
@@ -71,10 +92,12 @@ def prepare_dataset(
 ) -> PreparedDataset:
     dataset = load_dataset(cfg, cache_dir, progress)
     encoder = TextEncoder(cfg.text_encoder, device)
+    identity = model_identity(cfg.text_encoder)
     text_emb = {}
     for split_name in ("train", "val", "test"):
         captions = dataset.split(split_name).captions
         text_emb[split_name] = cached_caption_embeddings(
-            cfg.text_encoder, captions, cache_dir, device, progress, encoder=encoder
+            cfg.text_encoder, captions, cache_dir, device, progress, encoder=encoder,
+            label=f"{dataset.name}-{split_name}", identity=identity,
         )
-    return PreparedDataset(dataset, text_emb)
+    return PreparedDataset(dataset, text_emb, identity)

@@ -725,17 +725,31 @@ def _split_scenes(spec: EmbeddedSpec, split: str) -> list[Scene]:
     return [_sample_scene(scene_rng) for _ in range(spec.n_images(split))]
 
 
-def _generate_split(spec: EmbeddedSpec, split: str) -> tuple[Split, list[Scene], list[tuple[str, ...]]]:
-    """One split, its scenes, and the template family of each caption (per image)."""
+def _scenes_and_captions(
+    spec: EmbeddedSpec, split: str
+) -> tuple[list[Scene], list[str], list[tuple[str, ...]], np.random.Generator]:
+    """The scenes of a split, their captions, each image's caption families, and the
+    pixel-noise generator (captions never depend on pixels, so they can be made alone)."""
     scene_rng, caption_rng, noise_rng = _split_streams(spec, split)
-    n = spec.n_images(split)
-    scenes = [_sample_scene(scene_rng) for _ in range(n)]
+    scenes = [_sample_scene(scene_rng) for _ in range(spec.n_images(split))]
     captions: list[str] = []
     families: list[tuple[str, ...]] = []
     for scene in scenes:
         pairs = _captions_for_scene(scene, spec.captions_per_image, caption_rng)
         families.append(tuple(f for f, _ in pairs))
         captions.extend(text for _, text in pairs)
+    return scenes, captions, families, noise_rng
+
+
+def embedded_captions(spec: EmbeddedSpec, split: str) -> tuple[str, ...]:
+    """The captions of one split, without rendering a pixel (what the cache listing needs)."""
+    return tuple(_scenes_and_captions(spec, split)[1])
+
+
+def _generate_split(spec: EmbeddedSpec, split: str) -> tuple[Split, list[Scene], list[tuple[str, ...]]]:
+    """One split, its scenes, and the template family of each caption (per image)."""
+    n = spec.n_images(split)
+    scenes, captions, families, noise_rng = _scenes_and_captions(spec, split)
     pixels = _render_scenes(scenes, spec.resolution, noise_rng)
     split_obj = Split(
         images=torch.from_numpy(pixels),
@@ -744,6 +758,13 @@ def _generate_split(spec: EmbeddedSpec, split: str) -> tuple[Split, list[Scene],
         image_names=tuple(f"embedded/{split}/{i:06d}" for i in range(n)),
     )
     return split_obj, scenes, families
+
+
+def render_split(spec: EmbeddedSpec, split: str = "train") -> tuple[Split, list[Scene]]:
+    """One split with the scene behind each image (objects, attributes, positions): labels for
+    pretraining an image tower on a corpus of other seeds (see bench/models/pretrain.py)."""
+    split_obj, scenes, _ = _generate_split(spec, split)
+    return split_obj, scenes
 
 
 def embedded_content_key(spec: EmbeddedSpec) -> str:

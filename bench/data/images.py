@@ -8,6 +8,10 @@ Geometry: shorter side resized to ``resolution`` with bicubic filtering, then a 
 crop. This keeps the aspect ratio (no squashing) and the centre of the picture, which is
 where the captioned content usually is. EXIF orientation is deliberately *not* applied, to
 match how BLIP/ALBEF read these datasets (``Image.open(...).convert("RGB")``).
+
+Colour: everything goes through ``convert("RGB")`` except wide greyscale (16-bit PNG/TIFF,
+Pillow modes ``I;16*`` and ``I``), which Pillow would clip at 255 (nearly all white): those
+are scaled to 8 bits first (value / 257, so 65535 -> 255), see :func:`to_rgb`.
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ from PIL import Image
 #: filter, then bicubic for the rest. With a gap of 3 the result is visually identical to a
 #: full bicubic resize (Pillow docs) and large photos resize several times faster.
 REDUCING_GAP = 3.0
+
+#: Pillow modes of wide (16/32-bit integer) greyscale images; their values span 0..65535.
+WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 #: Called as ``on_error(index, path, error)`` for an image that failed to decode.
 OnError = Callable[[int, Path, "ImageDecodeError"], None]
@@ -57,6 +64,16 @@ def resize_center_crop(img: Image.Image, resolution: int) -> Image.Image:
     return img.crop((left, top, left + resolution, top + resolution))
 
 
+def to_rgb(img: Image.Image) -> Image.Image:
+    """``img`` as 8-bit RGB. Wide greyscale is scaled (value / 257, rounded) rather than
+    clipped; mode ``I`` is read as 16-bit data, which is what PNG and TIFF files give it."""
+    if img.mode in WIDE_GREY_MODES:
+        wide = np.asarray(img).astype(np.float32)
+        grey = np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    return img.convert("RGB")
+
+
 def decode_image(path: str | os.PathLike[str], resolution: int) -> np.ndarray:
     """Decode one file to a uint8 array (3, resolution, resolution).
 
@@ -66,7 +83,7 @@ def decode_image(path: str | os.PathLike[str], resolution: int) -> np.ndarray:
     _check_resolution(resolution)
     try:
         with Image.open(path) as img:
-            rgb = img.convert("RGB")  # forces the full decode, so corrupt data fails here
+            rgb = to_rgb(img)  # forces the full decode, so corrupt data fails here
         out = resize_center_crop(rgb, resolution)
         arr = np.asarray(out, dtype=np.uint8)
     except Exception as exc:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError...
@@ -86,8 +103,12 @@ def decode_images(
     on_error: OnError | None = None,
     progress: bool = False,
     description: str = "decoding images",
+    out: np.ndarray | None = None,
 ) -> torch.Tensor:
     """Decode many files in parallel into one preallocated uint8 tensor (n, 3, R, R).
+
+    ``out`` is where to write (e.g. a ``np.memmap`` of the cache file, so a large split never
+    has to fit in memory); by default a new array.
 
     Threads, not processes: Pillow releases the GIL while decoding and resizing, so threads
     scale on the CPU cores without pickling pixels between processes. Each worker writes its
@@ -101,7 +122,11 @@ def decode_images(
     _check_resolution(resolution)
     paths = [Path(p) for p in paths]
     n = len(paths)
-    out = np.empty((n, 3, resolution, resolution), dtype=np.uint8)
+    shape = (n, 3, resolution, resolution)
+    if out is None:
+        out = np.empty(shape, dtype=np.uint8)
+    elif out.shape != shape or out.dtype != np.uint8:
+        raise ValueError(f"out must be uint8 {shape}, got {out.dtype} {out.shape}")
     if n == 0:
         return torch.from_numpy(out)
     workers = max(1, min(workers or os.cpu_count() or 1, n))

