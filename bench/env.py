@@ -36,14 +36,49 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+_DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def device_syntax_problem(requested: str) -> str | None:
+    """Why ``requested`` is not a device name we accept ('auto', 'cpu', 'cuda', 'cuda:N',
+    'mps'), or None. Checks the spelling only, so a config loads on any machine."""
+    if requested == "auto":
+        return None
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in _DEVICE_TYPES:
+        return f"device {requested!r} is not one of 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'"
+    return None
+
+
+def device_problem(requested: str) -> str | None:
+    """Why ``requested`` cannot be used on this machine (bad name, no CUDA, no such GPU
+    index, no MPS), or None."""
+    problem = device_syntax_problem(requested)
+    if problem or requested == "auto":
+        return problem
+    device = torch.device(requested)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            return f"device {requested!r} was asked for but CUDA is not available on this machine"
+        if device.index is not None and device.index >= count:
+            return f"device {requested!r} was asked for but this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})"
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        return f"device {requested!r} was asked for but MPS is not available on this machine"
+    return None
+
+
 def pick_device(requested: str = "auto") -> torch.device:
     """'auto' means the first CUDA device when one is visible, else the CPU."""
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(requested)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {requested!r} was asked for but CUDA is not available")
-    return device
+    problem = device_problem(requested)
+    if problem:
+        raise RuntimeError(problem)
+    return torch.device(requested)
 
 
 @lru_cache(maxsize=1)

@@ -7,17 +7,38 @@ unknown method names (with close matches) and each method's own parameters (agai
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from bench.config import ConfigError, apply_overrides, check_keys, from_dict, load_yaml, stable_hash_config, to_dict
+from bench.config import (ConfigError, apply_overrides, check_keys, check_path_name, from_dict, load_yaml,
+                          stable_hash_config, to_dict)
 from bench.data.datasets import DatasetConfig
+from bench.env import device_problem, device_syntax_problem
 from bench.experts import ExpertConfig
 from bench.io import stable_hash
 from bench.models.student import ModelConfig
 from bench.proxy import ProxyConfig
 from bench.train import TrainConfig
+
+
+def check_unique(values: Sequence[Any], key: str) -> None:
+    """A grid axis lists each value once: a repeated value would run (and pool) a cell twice."""
+    repeated = sorted({v for v in values if list(values).count(v) > 1})
+    if repeated:
+        raise ValueError(f"{key} lists {repeated[0]} more than once ({list(values)}); list each value once")
+
+
+def check_seeds(seeds: Sequence[int], key: str) -> None:
+    """At least one seed, each once, none negative (numpy's generators refuse negative seeds)."""
+    if not seeds:
+        raise ValueError(f"{key} must list at least one seed")
+    negative = [s for s in seeds if s < 0]
+    if negative:
+        raise ValueError(f"{key}: seed {negative[0]} is negative; seeds must be >= 0")
+    check_unique(seeds, key)
 
 
 @dataclass(frozen=True)
@@ -32,10 +53,7 @@ class EvaluationConfig:
     full_train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
-        if not self.seeds:
-            raise ValueError("evaluation.seeds must list at least one seed")
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"evaluation.seeds has duplicates: {list(self.seeds)}")
+        check_seeds(self.seeds, "seeds")
 
 
 @dataclass(frozen=True)
@@ -56,6 +74,11 @@ class MethodSpec:
     params: dict[str, Any] = field(default_factory=dict)
     label: str | None = None
     budget_params: dict[int, dict[str, Any]] = field(default_factory=dict, metadata={"omit_if_default": True})
+
+    def __post_init__(self) -> None:
+        check_path_name(self.name, "name")
+        if self.label is not None:
+            check_path_name(self.label, "label")
 
     @staticmethod
     def coerce_config(value: Any) -> Any:
@@ -126,8 +149,11 @@ class GridConfig:
             raise ValueError("'full' is added by include_full; do not list it under methods")
         if not self.budgets or any(b < 1 for b in self.budgets):
             raise ValueError(f"budgets must be positive integers, got {list(self.budgets)}")
-        if not self.method_seeds:
-            raise ValueError("method_seeds must list at least one seed")
+        check_unique(self.budgets, "budgets")
+        check_seeds(self.method_seeds, "method_seeds")
+        problem = device_syntax_problem(self.device)
+        if problem:
+            raise ValueError(problem)
         for i, spec in enumerate(self.methods):
             unknown = sorted(set(spec.budget_params) - set(self.budgets))
             if unknown:
@@ -230,8 +256,43 @@ def validate_methods(grid: GridConfig) -> None:
             method_params(spec, where, budget)
 
 
-def load_grid(path: str | Path, overrides: list[str] | None = None) -> GridConfig:
-    data = apply_overrides(load_yaml(path), overrides or [])
+def check_device_available(grid: GridConfig) -> None:
+    """The grid's device exists on this machine. Skipped when the grid joins a running Ray
+    cluster (``runner.ray_address``): its workers may have GPUs the driver lacks."""
+    if grid.runner.executor == "ray" and grid.runner.ray_address:
+        return
+    problem = device_problem(grid.device)
+    if problem:
+        raise ConfigError(problem)
+
+
+def build_grid(data: dict[str, Any]) -> GridConfig:
+    """A validated grid from raw config data: types and keys, method params, the device."""
     grid = from_dict(GridConfig, data)
     validate_methods(grid)
+    check_device_available(grid)
     return grid
+
+
+def _blame(raw: dict[str, Any], overrides: list[str], message: str, path: str | Path) -> str:
+    """Where an error of the merged config comes from: the config file when the file alone
+    already fails that way, else the first ``--set`` override that brings it in."""
+    for k in range(len(overrides) + 1):
+        try:
+            build_grid(apply_overrides(copy.deepcopy(raw), overrides[:k]))
+        except ConfigError as exc:
+            if str(exc) == message:
+                return str(path) if k == 0 else f"--set {overrides[k - 1]!r}"
+    return "--set overrides"
+
+
+def load_grid(path: str | Path, overrides: list[str] | None = None) -> GridConfig:
+    """Read, override and validate a grid. Every :class:`ConfigError` says where the bad
+    value comes from: ``<config file>: ...`` or ``--set 'key=value': ...``."""
+    overrides = list(overrides or [])
+    raw = load_yaml(path)  # its errors name the file
+    data = apply_overrides(copy.deepcopy(raw), overrides)  # its errors name the override
+    try:
+        return build_grid(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{_blame(raw, overrides, str(exc), path)}: {exc}") from None

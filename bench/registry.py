@@ -18,12 +18,15 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TypeVar
 
+from bench.config import check_path_name
+from bench.errors import UserError
 from bench.methods_api import Method, MethodKind
 
 ENTRY_POINT_GROUP = "vl_bench.methods"
 _KINDS = ("coreset", "distillation", "reference")
 _REGISTRY: dict[str, type[Method]] = {}
 _discovered = False
+_discovering = False
 
 M = TypeVar("M", bound=type[Method])
 
@@ -33,10 +36,21 @@ class UnknownMethodError(KeyError):
         return str(self.args[0])
 
 
+class PluginError(UserError, ImportError):
+    """A plugin that cannot be imported or registered; the message names the plugin."""
+
+
+def _origin(cls: type) -> str:
+    """``Class in file`` (or ``module.Class``), so a collision names both files involved."""
+    file = getattr(sys.modules.get(cls.__module__), "__file__", None)
+    return f"{cls.__qualname__} in {file}" if file else f"{cls.__module__}.{cls.__qualname__}"
+
+
 def register(name: str, kind: MethodKind, description: str) -> Callable[[M], M]:
     """Class decorator: ``@register("herding", "coreset", "greedy mean matching")``."""
     if kind not in _KINDS:
         raise ValueError(f"method kind must be one of {_KINDS}, got {kind!r}")
+    check_path_name(name, "method name")  # it becomes part of result file names
 
     def decorate(cls: M) -> M:
         if not (isinstance(cls, type) and issubclass(cls, Method)):
@@ -45,8 +59,8 @@ def register(name: str, kind: MethodKind, description: str) -> Callable[[M], M]:
         if existing is not None and existing is not cls:
             if (existing.__module__, existing.__qualname__) != (cls.__module__, cls.__qualname__):
                 raise ValueError(
-                    f"method name {name!r} is already registered by {existing.__module__}.{existing.__qualname__}"
-                )
+                    f"method name {name!r} of {_origin(cls)} is already taken by {_origin(existing)}; "
+                    "register the new method under another name")
         cls.name, cls.kind, cls.description = name, kind, description
         _REGISTRY[name] = cls
         return cls
@@ -62,15 +76,30 @@ def _import_submodules(package: str) -> None:
 
 def load_plugins(modules: list[str] | tuple[str, ...] = ()) -> None:
     """Import plugins given on the command line: a module name (``my_pkg.my_method``) or the
-    path of a ``.py`` file. They register themselves on import."""
+    path of a ``.py`` file. They register themselves on import.
+
+    The built-in methods are registered first, so a plugin that reuses a built-in name fails
+    while *it* is imported, and the error names the plugin. Any failure of a plugin (missing
+    file, syntax error, exception at import, name collision) is a :class:`PluginError`."""
+    if modules:
+        discover()
     for module in modules:
         try:
             if module.endswith(".py"):
                 _import_file(Path(module))
             else:
                 importlib.import_module(module)
-        except (ImportError, FileNotFoundError) as exc:
-            raise ImportError(f"cannot import plugin {module!r}: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - whatever broke, the plugin is to blame
+            raise PluginError(f"cannot import plugin {module!r}: {_describe(exc)}") from exc
+
+
+def _describe(exc: BaseException) -> str:
+    """One line: a syntax error with its file and line, else the exception's own message."""
+    if isinstance(exc, SyntaxError):
+        return f"SyntaxError: {exc.msg} ({exc.filename}, line {exc.lineno})"
+    if isinstance(exc, (ImportError, FileNotFoundError, ValueError)):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _import_file(path: Path) -> None:
@@ -91,17 +120,23 @@ def _import_file(path: Path) -> None:
 
 
 def discover() -> None:
-    """Import the built-in methods and every entry-point plugin (once)."""
-    global _discovered
-    if _discovered:
+    """Import the built-in methods and every entry-point plugin (once; re-entrant calls from
+    a plugin being loaded return at once)."""
+    global _discovered, _discovering
+    if _discovered or _discovering:
         return
-    _import_submodules("methods")
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            ep.load()
-        except Exception as exc:  # a broken third-party plugin should say who it is
-            raise ImportError(f"plugin entry point {ep.name!r} ({ep.value}) failed to load: {exc}") from exc
-    _discovered = True
+    _discovering = True
+    try:
+        _import_submodules("methods")
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            try:
+                ep.load()
+            except Exception as exc:  # a broken third-party plugin should say who it is
+                raise PluginError(
+                    f"plugin entry point {ep.name!r} ({ep.value}) failed to load: {_describe(exc)}") from exc
+        _discovered = True
+    finally:
+        _discovering = False
 
 
 def get_method(name: str) -> type[Method]:
