@@ -1,32 +1,53 @@
-"""Terminal summary of finished records (the paper-style files come from bench.reports)."""
+"""Terminal summary of a grid's current records (the paper-style files come from bench.reports).
+
+Only what :meth:`bench.store.ResultStore.grid_results` selects is shown: the records of the
+grid's cells made by the grid's recipe. Every other cell of the grid is listed below the table
+with the reason it has no number (failed: the error's first line; stale; not run).
+"""
 
 from __future__ import annotations
 
-from typing import Any
-
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-METRICS = ("tr@1", "tr@5", "tr@10", "ir@1", "ir@5", "ir@10", "mean")
+from bench.record import METRICS, CellRecord
+from bench.store import GridResults
 
 
-def _order(rec: dict[str, Any]) -> tuple:
-    return (rec["dataset"], rec["budget"] is not None, rec["budget"] or 0, rec["kind"] != "coreset", rec["method"], rec["method_seed"] or 0)
+def _order(rec: CellRecord) -> tuple:
+    return (rec.dataset, rec.budget is not None, rec.budget or 0, rec.inferred_kind() != "coreset", rec.method,
+            rec.method_seed or 0)
 
 
-def print_records(records: list[dict[str, Any]], console: Console | None = None) -> None:
+def _seconds(cost: dict, digits: int) -> str:
+    value = cost.get("seconds")
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def print_records(records: list[CellRecord], console: Console | None = None) -> None:
+    """A table of ``records``: recall mean ± std per metric, method and evaluation seconds."""
     console = console or Console()
     if not records:
         console.print("no finished records")
         return
     first = records[0]
-    title = f"recall (%) on {first['eval_split']}, mean ± std over {len(first['eval_seeds'])} evaluation seeds"
+    title = f"recall (%) on {first.eval_split}, mean ± std over {len(first.eval_seeds) or len(first.per_seed)} evaluation seeds"
     table = Table(title=title)
     for col in ("dataset", "method", "pairs", "seed", *[m.upper() for m in METRICS], "method s", "eval s"):
         table.add_column(col, justify="left" if col in ("dataset", "method") else "right", no_wrap=True)
     for rec in sorted(records, key=_order):
-        cells = [f"{rec['summary'][m]['mean']:.1f}±{rec['summary'][m]['std']:.1f}" for m in METRICS]
-        seed = "" if rec["method_seed"] is None else str(rec["method_seed"])
-        table.add_row(rec["dataset"], rec["method"], str(rec["n_pairs"]), seed, *cells,
-                      f"{rec['method_cost']['seconds']:.1f}", f"{rec['eval_cost']['seconds']:.0f}")
+        cells = ["{:.1f}±{:.1f}".format(*rec.metric_summary(m)) for m in METRICS]
+        seed = "" if rec.method_seed is None else str(rec.method_seed)
+        table.add_row(rec.dataset, rec.method, str(rec.n_pairs or ""), seed, *cells,
+                      _seconds(rec.method_cost, 1), _seconds(rec.eval_cost, 0))
     console.print(table)
+
+
+def print_grid_results(results: GridResults, console: Console | None = None) -> None:
+    """The current records, then one line per cell of the grid that has no number."""
+    console = console or Console()
+    print_records(results.records, console)
+    for cell_id, reason in results.missing.items():
+        colour = "red" if reason.startswith("failed") else "yellow"
+        console.print(f"[{colour}]missing[/{colour}] {escape(cell_id)}: {escape(reason)}", soft_wrap=True)

@@ -10,9 +10,10 @@ context, so a method module holds only its own rule.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -20,6 +21,10 @@ import torch
 from bench.data.datasets import PreparedDataset
 from bench.data.pairs import PairSet
 from bench.models.student import ModelConfig
+
+if TYPE_CHECKING:  # real types for plugin authors, without importing training code here
+    from bench.experts import TrajectoryBuffer
+    from bench.proxy import ProxyRun
 
 MethodKind = Literal["coreset", "distillation", "reference"]
 
@@ -55,9 +60,9 @@ class MethodContext:
         model_cfg: ModelConfig,
         device: torch.device,
         cache_dir: Path,
-        proxy_loader: Any = None,
+        proxy_loader: Callable[[], ProxyRun] | None = None,
         progress: bool = False,
-        experts_loader: Any = None,
+        experts_loader: Callable[[], TrajectoryBuffer] | None = None,
     ) -> None:
         self.data = data
         self.model_cfg = model_cfg
@@ -65,23 +70,23 @@ class MethodContext:
         self.cache_dir = Path(cache_dir)
         self.progress = progress
         self._proxy_loader = proxy_loader
-        self._proxy: Any = None
+        self._proxy: ProxyRun | None = None
         self._experts_loader = experts_loader
 
     @property
     def n_pairs(self) -> int:
         return self.data.train.n_captions
 
-    def proxy(self) -> Any:
-        """The proxy run (a :class:`bench.proxy.ProxyRun`): pair features and forgetting stats."""
+    def proxy(self) -> ProxyRun:
+        """The proxy run (:class:`bench.proxy.ProxyRun`): pair features and forgetting stats."""
         if self._proxy is None:
             if self._proxy_loader is None:
                 raise RuntimeError("this context has no proxy model configured")
             self._proxy = self._proxy_loader()
         return self._proxy
 
-    def experts(self) -> Any:
-        """The dataset's expert trajectories (a :class:`bench.experts.TrajectoryBuffer`)."""
+    def experts(self) -> TrajectoryBuffer:
+        """The dataset's expert trajectories (:class:`bench.experts.TrajectoryBuffer`)."""
         if self._experts_loader is None:
             raise RuntimeError("this context has no expert trajectories configured")
         return self._experts_loader()

@@ -1,61 +1,159 @@
 """The results store: one JSON record per finished cell, each produced set beside it.
 
 Layout under ``results_dir``:
+  grid.json                    the grid last run here: its cells and their hashes
   records/<cell>.json          a finished cell (written atomically: present means complete)
   records/<cell>.failed.json   the last failure of a cell, with its traceback
   sets/<cell>.pt               the pair set the method produced (re-evaluate / inspect it)
   pictures/<cell>.png          the first pairs of that set with their captions
+  stale/...                    records (and their sets, pictures) of an older recipe of a cell,
+                               moved aside when the cell is planned again; never shown
+
+What a report shows is decided here, once (:meth:`ResultStore.grid_results`): the records of
+the cells of one grid whose hash matches the grid's, and for every other cell of the grid why
+it has no number.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from bench.grid import Cell
+from bench.errors import UserError
 from bench.io import torch_save_atomic, write_json_atomic
-from bench.methods_api import MethodOutput
+from bench.record import CellRecord, FailureRecord, GridManifest, RecordError
+
+if TYPE_CHECKING:  # the store itself needs only ids; keeps `run_bench.py table` free of torch
+    from bench.grid import Cell
+    from bench.methods_api import MethodOutput
+
+MANIFEST = "grid.json"
+FAILED_SUFFIX = ".failed.json"
+
+
+class MissingResultsError(UserError, FileNotFoundError):
+    """A results directory that does not exist."""
+
+
+def _id(cell: Cell | str) -> str:
+    return cell if isinstance(cell, str) else cell.id
+
+
+def records_dir(results_dir: str | os.PathLike[str]) -> Path:
+    """``<results_dir>/records`` when it exists, else ``results_dir`` itself (a records dir)."""
+    root = Path(results_dir)
+    return root / "records" if (root / "records").is_dir() else root
+
+
+def read_records(results_dir: str | os.PathLike[str]) -> list[CellRecord]:
+    """Every finished record (``status == "ok"``) of a results (or records) directory, by
+    file name. Skipped: hidden files (temporary files of atomic writes), ``*.failed.json``,
+    unfinished records. Raises :class:`RecordError` naming the file for an unreadable one."""
+    root = Path(results_dir)
+    if not root.is_dir():
+        raise MissingResultsError(f"results directory {root} does not exist")
+    records = []
+    for path in sorted(records_dir(root).glob("*.json")):
+        if path.name.startswith(".") or path.name.endswith(FAILED_SUFFIX):
+            continue
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise RecordError(f"{path}: cannot read result record: {exc}") from exc
+        if isinstance(data, dict) and data.get("status", "ok") != "ok":
+            continue
+        records.append(CellRecord.from_json(data, path))
+    return records
+
+
+@dataclass(frozen=True)
+class GridResults:
+    """The records a report of one grid shows, and why the other cells of the grid have none
+    (cell id -> one-line reason, in plan order); ``ignored`` counts records in the directory
+    that belong to no cell of the grid or to an older recipe of one."""
+
+    records: list[CellRecord]
+    missing: dict[str, str]
+    ignored: int = 0
+
+    def missing_line(self) -> str | None:
+        """``missing: a (failed: ...); b (not run)`` for captions and notes, or None."""
+        if not self.missing:
+            return None
+        return "missing: " + "; ".join(f"{cell} ({why})" for cell, why in self.missing.items())
 
 
 class ResultStore:
     def __init__(self, results_dir: str | Path) -> None:
         self.root = Path(results_dir)
 
-    def record_path(self, cell: Cell) -> Path:
-        return self.root / "records" / f"{cell.id}.json"
+    # ------------------------------------------------------------------ paths
+    def record_path(self, cell: Cell | str) -> Path:
+        return self.root / "records" / f"{_id(cell)}.json"
 
-    def failure_path(self, cell: Cell) -> Path:
-        return self.root / "records" / f"{cell.id}.failed.json"
+    def failure_path(self, cell: Cell | str) -> Path:
+        return self.root / "records" / f"{_id(cell)}{FAILED_SUFFIX}"
 
-    def set_path(self, cell: Cell) -> Path:
-        return self.root / "sets" / f"{cell.id}.pt"
+    def set_path(self, cell: Cell | str) -> Path:
+        return self.root / "sets" / f"{_id(cell)}.pt"
 
-    def picture_path(self, cell: Cell) -> Path:
-        return self.root / "pictures" / f"{cell.id}.png"
+    def picture_path(self, cell: Cell | str, suffix: str = "") -> Path:
+        """``pictures/<cell>.png``, or ``pictures/<cell>_<suffix>.png`` (e.g. the loss curve)."""
+        return self.root / "pictures" / f"{_id(cell)}{'_' + suffix if suffix else ''}.png"
 
-    def finished(self, cell: Cell, cell_hash: str) -> bool:
-        """A cell is finished when its record exists, parses, and was made by the same config."""
-        path = self.record_path(cell)
-        if not path.is_file():
-            return False
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / MANIFEST
+
+    # ------------------------------------------------------------------ cells
+    def read_record(self, cell: Cell | str) -> CellRecord | None:
+        """The cell's finished record, or None (absent, unreadable, unfinished)."""
         try:
-            record = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            return False
-        return record.get("status") == "ok" and record.get("cell_hash") == cell_hash
+            data = json.loads(self.record_path(cell).read_text(encoding="utf-8"))
+            record = CellRecord.from_json(data, self.record_path(cell))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecordError, TypeError):
+            return None
+        return record if record.status == "ok" else None
 
-    def write_record(self, cell: Cell, record: dict[str, Any]) -> Path:
-        path = write_json_atomic(self.record_path(cell), record)
+    def read_failure(self, cell: Cell | str) -> FailureRecord | None:
+        try:
+            data = json.loads(self.failure_path(cell).read_text(encoding="utf-8"))
+            return FailureRecord.from_json(data, self.failure_path(cell))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecordError, TypeError):
+            return None
+
+    def finished(self, cell: Cell | str, cell_hash: str) -> bool:
+        """A cell is finished when its record exists, parses, and was made by the same config."""
+        record = self.read_record(cell)
+        return record is not None and record.cell_hash == cell_hash
+
+    def write_record(self, cell: Cell | str, record: CellRecord) -> Path:
+        path = write_json_atomic(self.record_path(cell), record.to_json())
         self.failure_path(cell).unlink(missing_ok=True)
         return path
 
-    def write_failure(self, cell: Cell, info: dict[str, Any]) -> Path:
-        return write_json_atomic(self.failure_path(cell), {"status": "failed", **info})
+    def write_failure(self, cell: Cell | str, failure: FailureRecord) -> Path:
+        return write_json_atomic(self.failure_path(cell), failure.to_json())
 
-    def save_set(self, cell: Cell, output: MethodOutput) -> Path:
+    def retire(self, cell: Cell | str) -> list[Path]:
+        """Move the cell's record, set and pictures to ``stale/`` (an older recipe's result:
+        kept for inspection, never shown as current); returns the new paths."""
+        moved = []
+        for path in (self.record_path(cell), self.set_path(cell), self.picture_path(cell),
+                     self.picture_path(cell, "loss")):
+            if path.is_file():
+                target = self.root / "stale" / path.relative_to(self.root)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, target)
+                moved.append(target)
+        return moved
+
+    def save_set(self, cell: Cell | str, output: MethodOutput) -> Path:
         pairs = output.pairs
         return torch_save_atomic(self.set_path(cell), {
             "images": pairs.images, "image_index": pairs.image_index, "text_emb": pairs.text_emb,
@@ -63,5 +161,47 @@ class ResultStore:
             "soft_targets": output.soft_targets, "info": output.info,
         })
 
-    def load_set(self, cell: Cell) -> dict[str, Any]:
+    def load_set(self, cell: Cell | str) -> dict[str, Any]:
+        import torch
+
         return torch.load(self.set_path(cell), weights_only=False)
+
+    # ------------------------------------------------------------------ the grid
+    def write_manifest(self, name: str, config_hash: str, cells: Mapping[str, str]) -> Path:
+        manifest = GridManifest(cells=dict(cells), name=name, config_hash=config_hash,
+                                written_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        return write_json_atomic(self.manifest_path, manifest.to_json())
+
+    def read_manifest(self) -> GridManifest | None:
+        """The grid last run here, or None (no ``grid.json``: results of an older version)."""
+        if not self.manifest_path.is_file():
+            return None
+        try:
+            data = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise RecordError(f"{self.manifest_path}: cannot read the grid manifest: {exc}") from exc
+        return GridManifest.from_json(data, self.manifest_path)
+
+    def grid_results(self, cells: Mapping[str, str]) -> GridResults:
+        """The current records of the grid whose cells (id -> hash) are given, and why each
+        other cell has no number: ``failed: <error>``, ``stale: ...``, ``its record cannot be
+        read`` or ``not run``. Other records in ``records/`` are only counted (``ignored``)."""
+        current, missing = [], {}
+        for cell_id, cell_hash in cells.items():
+            record = self.read_record(cell_id)
+            if record is not None and record.cell_hash == cell_hash:
+                current.append(record)
+                continue
+            failure = self.read_failure(cell_id)
+            if failure is not None and failure.cell_hash in (cell_hash, None):
+                missing[cell_id] = f"failed: {failure.reason}"
+            elif record is not None:
+                missing[cell_id] = "stale: its record was made by another recipe"
+            elif self.record_path(cell_id).is_file():
+                missing[cell_id] = "its record cannot be read"
+            else:
+                missing[cell_id] = "not run"
+        shown = {r.cell_id for r in current}
+        others = [p for p in (self.root / "records").glob("*.json") if not p.name.startswith(".")
+                  and not p.name.endswith(FAILED_SUFFIX) and p.stem not in shown]
+        return GridResults(current, missing, ignored=len(others))

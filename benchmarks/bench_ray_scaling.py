@@ -41,8 +41,8 @@ def _cell_results(results_dir: Path) -> tuple[dict[str, list], dict[str, float]]
     """Per finished cell: its per-seed metrics, and its method + evaluation seconds."""
     metrics, seconds = {}, {}
     for record in load_records(results_dir):
-        metrics[record["cell_id"]] = [s["metrics"] for s in record["per_seed"]]
-        seconds[record["cell_id"]] = record["method_cost"]["seconds"] + record["eval_cost"]["seconds"]
+        metrics[record.cell_id] = [s["metrics"] for s in record.per_seed]
+        seconds[record.cell_id] = record.method_cost["seconds"] + record.eval_cost["seconds"]
     return metrics, seconds
 
 

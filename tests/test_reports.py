@@ -77,8 +77,8 @@ def agg(results_dir: Path) -> pd.DataFrame:
 def test_load_skips_hidden_failed_and_unfinished(results_dir: Path) -> None:
     records = load_records(results_dir)
     assert len(records) == 8
-    assert [Path(r["_path"]).name for r in records] == sorted(Path(r["_path"]).name for r in records)
-    assert not any(r["status"] != "ok" for r in records)
+    assert [Path(r.path).name for r in records] == sorted(Path(r.path).name for r in records)
+    assert not any(r.status != "ok" for r in records)
 
 
 def test_pooled_mean_std_match_numpy(agg: pd.DataFrame) -> None:
@@ -227,3 +227,39 @@ def test_cli_empty_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert _run_cli([str(tmp_path)]) == 2
     assert "no finished result records" in capsys.readouterr().err
     assert _run_cli([str(tmp_path / "missing")]) == 2
+
+
+def test_record_schema_round_trip_and_versions(tmp_path: Path) -> None:
+    from bench.record import RECORD_VERSION, CellRecord
+
+    legacy = _record("herding", "", 100, 0, 1.0)  # written before the schema: no version, no kind
+    del legacy["kind"]
+    legacy["some_future_field"] = {"kept": True}
+    rec = CellRecord.from_json(legacy, tmp_path / "x.json")
+    assert rec.schema_version == 1 and rec.kind == "coreset" and rec.extra == {"some_future_field": {"kept": True}}
+    assert rec.to_json()["some_future_field"] == {"kept": True}  # written back unchanged
+    fresh = CellRecord(dataset="d", method="m", kind="coreset", per_seed=[{"seed": 0, "metrics": {"mean": 1.0}}])
+    assert fresh.schema_version == RECORD_VERSION and CellRecord.from_json(fresh.to_json()) == fresh
+    assert fresh.metric_summary("mean") == (1.0, 0.0)
+
+
+def test_cli_refuses_a_record_without_results(results_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A record with an empty per_seed used to print nothing and exit 0."""
+    empty = {**_record("random", "coreset", 100, 0, 1.0), "per_seed": []}
+    _write(results_dir / "records", "empty.json", empty)
+    assert _run_cli([str(results_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "empty.json" in err and "'per_seed' is empty" in err
+
+
+def test_records_of_different_recipes_are_not_mixed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Without grid.json (results of an older version), records that say which recipe made
+    them must agree within a dataset."""
+    rec = tmp_path / "records"
+    for name, epochs in (("a.json", 10), ("b.json", 20)):
+        record = _record("random" if name == "a.json" else "herding", "coreset", 100, 0, 1.0)
+        record.update(dataset_key="k", config={"model": {}, "evaluation": {"train": {"epochs": epochs}}})
+        _write(rec, name, record)
+    assert _run_cli([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "b.json and" in err and "a.json were made with different recipes" in err

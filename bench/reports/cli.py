@@ -32,32 +32,68 @@ def _plot_path(plot: str, dataset: str, several: bool) -> Path:
     return path.with_name(f"{path.stem}_{dataset}{path.suffix or '.png'}") if several else path
 
 
+def _grid_records(results_dir: str) -> tuple[list, dict[str, str]]:
+    """The records a table of ``results_dir`` may show, and the missing cells (id -> reason).
+
+    With ``grid.json`` (written by every run): exactly the records of the grid last run there
+    whose hash matches it; the rest are counted in a note on stderr. Without it (results of an
+    older version, or a bare records directory): every record, refused if they mix recipes."""
+    from bench.reports.records import check_one_recipe, load_records
+    from bench.store import ResultStore
+
+    root = Path(results_dir)
+    if root.name == "records" and (root.parent / "grid.json").is_file():
+        root = root.parent
+    store = ResultStore(root)
+    manifest = store.read_manifest() if root.is_dir() else None
+    if manifest is None:
+        records = load_records(root)
+        check_one_recipe(records)
+        return records, {}
+    results = store.grid_results(manifest.cells)
+    if results.ignored:
+        print(f"note: {results.ignored} record(s) in {root / 'records'} belong to no cell of grid "
+              f"{manifest.name!r} (grid.json) with its current recipe; not shown", file=sys.stderr)
+    if results.missing:
+        print(f"note: {results.missing_line()}", file=sys.stderr)
+    return results.records, results.missing
+
+
 def table_command(args: argparse.Namespace) -> int:
     """Render the tables; 0 on success, 2 (with a message on stderr) on a usage/data error."""
+    from bench.errors import UserError
+
+    try:
+        return _table(args)
+    except UserError as exc:
+        if getattr(args, "debug", False):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _table(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from bench.io import write_text_atomic
-    from bench.reports.records import RecordError, aggregate, load_records
-    from bench.reports.tables import ReferenceError, load_reference, paper_table, render
+    from bench.reports.records import aggregate
+    from bench.reports.tables import load_reference, paper_table, render
 
     def fail(message: str) -> int:
         print(f"error: {message}", file=sys.stderr)
         return 2
 
-    try:
-        records = load_records(args.results_dir)
-        if not records:
-            return fail(f"no finished result records in {args.results_dir} (looked for records/*.json)")
-        agg = aggregate(records)
-        reference = load_reference(args.reference) if args.reference else None
-    except (FileNotFoundError, RecordError, ReferenceError) as exc:
-        return fail(str(exc))
+    records, missing = _grid_records(args.results_dir)  # a RecordError reaches the CLI: one line
+    if not records:
+        return fail(f"no finished result records in {args.results_dir} (looked for records/*.json)")
+    agg = aggregate(records)
+    reference = load_reference(args.reference) if args.reference else None
     datasets = sorted(agg["dataset"].unique())
     if args.dataset:
         if args.dataset not in datasets:
             return fail(f"no records for dataset {args.dataset!r}; have {', '.join(datasets)}")
         datasets = [args.dataset]
-    tables = [paper_table(agg, d, reference=reference, source=args.source) for d in datasets]
+    tables = [paper_table(agg, d, reference=reference, source=args.source, missing=missing) for d in datasets]
     if args.format == "csv" and len(tables) > 1:  # one CSV: the dataset becomes the first index level
         text = render(pd.concat(tables, keys=datasets, names=["dataset"]).fillna("\u2013"), "csv")
     else:

@@ -13,80 +13,62 @@ and can never be confused with a missing value. The ``budget`` column therefore 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections import defaultdict
-from pathlib import Path
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from bench.record import KNOWN_CORESETS, METRICS, CellRecord, RecordError
+from bench.store import read_records
+
+__all__ = ["COLUMNS", "FULL", "METRIC_ORDER", "RecordError", "aggregate", "load_records", "method_order",
+           "numeric_budgets"]
+
 FULL = "full"
-METRIC_ORDER = ("tr@1", "tr@5", "tr@10", "ir@1", "ir@5", "ir@10", "mean")
-KNOWN_CORESETS = ("random", "herding", "kcenter", "forgetting")
+METRIC_ORDER = METRICS  # the one metric list (bench.record)
 COLUMNS = ["dataset", "method", "kind", "budget", "metric", "mean", "std", "n"]
-_REQUIRED = ("dataset", "method", "per_seed")
 
 
-class RecordError(ValueError):
-    """A record file that cannot be read or lacks what a report needs (the message names it)."""
+def load_records(results_dir: str | os.PathLike[str]) -> list[CellRecord]:
+    """Every finished record under ``results_dir`` (or a records directory), sorted by file
+    name; see :func:`bench.store.read_records`. For the records of one grid only (no stale or
+    foreign ones) use :meth:`bench.store.ResultStore.grid_results`."""
+    return read_records(results_dir)
 
 
-def _records_dir(results_dir: Path) -> Path:
-    """``<results_dir>/records`` when it exists, else ``results_dir`` itself (a records dir)."""
-    sub = results_dir / "records"
-    return sub if sub.is_dir() else results_dir
+def recipe_of(record: CellRecord) -> str | None:
+    """What every cell of one table must share: the dataset (content and text encoder), the
+    student model and the evaluation protocol; None for records that do not say."""
+    if record.config is None:
+        return None
+    from bench.io import stable_hash
+
+    return stable_hash({"dataset": record.dataset_key, "model": record.config.get("model"),
+                        "evaluation": record.config.get("evaluation")})
 
 
-def _check(record: Any, path: Path) -> dict[str, Any]:
-    if not isinstance(record, dict):
-        raise RecordError(f"{path}: a result record must be a JSON object, got {type(record).__name__}")
-    missing = [k for k in _REQUIRED if k not in record]
-    if missing:
-        raise RecordError(f"{path}: result record lacks {', '.join(missing)}")
-    if not isinstance(record["per_seed"], list) or not all(
-        isinstance(s, dict) and isinstance(s.get("metrics"), dict) for s in record["per_seed"]
-    ):
-        raise RecordError(f"{path}: 'per_seed' must be a list of objects with a 'metrics' object")
-    return record
-
-
-def load_records(results_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Every finished record (``status == "ok"``) under ``results_dir``, sorted by file name.
-
-    Skipped: hidden files (temporary files of atomic writes start with '.') and
-    ``*.failed.json`` (crash reports of the runner). Records written before the ``status``
-    field existed count as ok. Each returned dict gets ``_path`` (its file) so later errors can
-    name it. Raises :class:`RecordError` naming the file for unreadable or invalid JSON.
-    """
-    root = Path(results_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"results directory {root} does not exist")
-    records = []
-    for path in sorted(_records_dir(root).glob("*.json")):
-        if path.name.startswith(".") or path.name.endswith(".failed.json"):
+def check_one_recipe(records: Iterable[CellRecord]) -> None:
+    """Raise :class:`RecordError` naming two records of one dataset made with different
+    recipes (e.g. an old run's records left beside a new one's): a table must not mix them."""
+    first: dict[str, tuple[str, CellRecord]] = {}
+    for rec in records:
+        recipe = recipe_of(rec)
+        if recipe is None:
             continue
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise RecordError(f"{path}: cannot read result record: {exc}") from exc
-        record = _check(record, path)
-        if record.get("status", "ok") != "ok":
-            continue
-        records.append({**record, "_path": str(path)})
-    return records
+        seen = first.setdefault(rec.dataset, (recipe, rec))
+        if seen[0] != recipe:
+            raise RecordError(
+                f"{rec.name} and {seen[1].name} were made with different recipes (dataset, model or evaluation "
+                "differ) and would be mixed in one table; run the grid again (its grid.json then selects the "
+                "current records) or keep one recipe's records in the directory")
 
 
-def infer_kind(record: dict[str, Any]) -> str:
-    """The record's ``kind``; older records without it: no budget -> reference, the four
-    built-in coresets -> coreset, anything else -> distillation."""
-    if record.get("kind"):
-        return str(record["kind"])
-    if record.get("budget") is None:
-        return "reference"
-    return "coreset" if record["method"] in KNOWN_CORESETS else "distillation"
+def _as_record(record: CellRecord | Mapping[str, Any]) -> CellRecord:
+    return record if isinstance(record, CellRecord) else CellRecord.from_json(dict(record), record.get("_path"))
 
 
 def _metric_key(metric: str) -> tuple[int, str]:
@@ -97,7 +79,7 @@ def _budget_key(budget: Any) -> tuple[int, float]:
     return (1, math.inf) if budget == FULL else (0, float(budget))
 
 
-def aggregate(records: list[dict[str, Any]]) -> pd.DataFrame:
+def aggregate(records: Iterable[CellRecord | Mapping[str, Any]]) -> pd.DataFrame:
     """Long table, one row per (dataset, method, kind, budget, metric): pooled mean, std, n.
 
     Raises :class:`RecordError` when two records claim the same cell (same dataset, method,
@@ -107,23 +89,21 @@ def aggregate(records: list[dict[str, Any]]) -> pd.DataFrame:
     pooled: dict[tuple[str, str, str, Any, str], list[float]] = defaultdict(list)
     seen: dict[tuple[Any, ...], str] = {}
     splits: dict[tuple[Any, ...], tuple[Any, str]] = {}
-    for rec in records:
-        budget = FULL if rec.get("budget") is None else int(rec["budget"])
-        cell = (rec["dataset"], rec["method"], budget, rec.get("method_seed"))
-        where = rec.get("_path", f"record {rec['dataset']}/{rec['method']}/{budget}")
+    for rec in map(_as_record, records):
+        budget = FULL if rec.budget is None else int(rec.budget)
+        cell = (rec.dataset, rec.method, budget, rec.method_seed)
         if cell in seen:
-            raise RecordError(f"{where} and {seen[cell]} are the same grid cell {cell}; keep one")
-        seen[cell] = where
-        split = rec.get("eval_split")
-        if splits.setdefault(cell[:3], (split, where))[0] != split:
+            raise RecordError(f"{rec.name} and {seen[cell]} are the same grid cell {cell}; keep one")
+        seen[cell] = rec.name
+        split = rec.eval_split
+        if splits.setdefault(cell[:3], (split, rec.name))[0] != split:
             other = splits[cell[:3]]
-            raise RecordError(f"{where} (eval_split {split!r}) and {other[1]} (eval_split {other[0]!r}) "
+            raise RecordError(f"{rec.name} (eval_split {split!r}) and {other[1]} (eval_split {other[0]!r}) "
                               f"would be pooled into one cell {cell[:3]}; report one split at a time")
-        kind = infer_kind(rec)
-        for seed in rec["per_seed"]:
+        for seed in rec.per_seed:
             for metric, value in seed["metrics"].items():
                 if value is not None:
-                    pooled[(rec["dataset"], rec["method"], kind, budget, metric)].append(float(value))
+                    pooled[(rec.dataset, rec.method, rec.inferred_kind(), budget, metric)].append(float(value))
     rows = []
     for (dataset, method, kind, budget, metric), values in pooled.items():
         arr = np.asarray(values, dtype=float)

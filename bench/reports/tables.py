@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.errors import UserError
 from bench.reports.records import FULL, METRIC_ORDER, method_order
 
 BUNDLED_REFERENCE = Path(__file__).resolve().parent / "reference" / "paper_results.csv"
@@ -31,7 +32,7 @@ PAPER_SUFFIX = " (paper)"
 FORMATS = ("markdown", "latex", "csv")
 
 
-class ReferenceError(ValueError):
+class ReferenceError(UserError, ValueError):
     """A published-results file that cannot be used (the message names the file)."""
 
 
@@ -102,8 +103,12 @@ def paper_table(
     metrics: Sequence[str] = METRIC_ORDER,
     source: str = "vl-distill",
     aliases: Mapping[str, str] | None = None,
+    missing: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """Rows (pairs, metric), columns methods then ``full``; strings "mean ± std" or "–".
+
+    ``missing`` (cell id -> reason, as :class:`bench.store.GridResults` gives it) names the
+    grid's cells without a current number; those of this dataset are listed in the caption.
 
     With ``reference`` (see :func:`load_reference`), each of our columns that has published
     numbers for this dataset gets a "<method> (paper)" column right after it (only budgets we
@@ -147,6 +152,9 @@ def paper_table(
     if used_sources:
         caption += " (paper) = published: " + "; ".join(
             f"{s}: {SOURCE_TITLES.get(s, s)}" for s in used_sources) + "."
+    ours_missing = {c: why for c, why in (missing or {}).items() if c.startswith(f"{dataset}__")}
+    if ours_missing:
+        caption += " Missing (no current result): " + "; ".join(f"{c} ({why})" for c, why in ours_missing.items()) + "."
     table.attrs.update(caption=caption, dataset=dataset, sources=list(used_sources),
                        reference_choice={f"{m} @ {p}": s for (m, p), s in chosen.items()})
     return table

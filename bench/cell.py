@@ -1,0 +1,152 @@
+"""One grid cell end to end: prepare its inputs, run its method, evaluate, write its record.
+
+Every executor (in-process or a Ray task) calls :func:`execute_cell`, so there is one
+definition of what a cell does. The record is written last and atomically: a record on disk
+means the set and pictures are there too.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from bench.config import to_dict
+from bench.data.datasets import PreparedDataset, prepare_dataset
+from bench.env import git_commit, machine_info, pick_device
+from bench.evaluate import SeedResult, evaluate_pair_set, summarize
+from bench.experts import TrajectoryBuffer, ensure_experts, open_buffer
+from bench.grid import Cell, GridConfig, cell_hash, cell_method_params
+from bench.io import stable_hash
+from bench.measure import Cost, measure
+from bench.methods_api import Method, MethodContext, MethodOutput
+from bench.proxy import ProxyRun, load_or_compute_proxy
+from bench.record import CellRecord, FailureRecord
+from bench.registry import get_method
+from bench.reports.pictures import write_pictures
+from bench.store import ResultStore
+
+_PREPARED: dict[str, PreparedDataset] = {}  # per process: Ray reuses workers across tasks
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def prepared(grid: GridConfig, name: str, progress: bool = False) -> PreparedDataset:
+    """Dataset ``name`` of the grid with its caption embeddings, prepared once per process."""
+    cfg = grid.dataset(name)
+    key = stable_hash({"dataset": to_dict(cfg), "cache": str(Path(grid.cache_dir).resolve())})
+    if key not in _PREPARED:
+        _PREPARED[key] = prepare_dataset(cfg, grid.cache_dir, "cpu", progress)
+    return _PREPARED[key]
+
+
+def load_proxy(grid: GridConfig, data: PreparedDataset, seed: int, device: torch.device, progress: bool) -> ProxyRun:
+    """The grid's proxy run of ``data`` for method seed ``seed`` (trained, or read from the cache)."""
+    recipe = grid.proxy.train_config(grid.evaluation.full_train)
+    return load_or_compute_proxy(data, grid.model, recipe, seed, device, grid.cache_dir, progress)
+
+
+class SharedArtifacts:
+    """The proxy run and the expert buffer a method declared it uses, made ready (trained or
+    loaded from the cache) before the method's timing starts, with what that took."""
+
+    def __init__(self, grid: GridConfig, cls: type[Method], data: PreparedDataset, seed: int,
+                 device: torch.device, progress: bool) -> None:
+        self.grid, self.data, self.seed, self.device, self.progress = grid, data, seed, device, progress
+        self.proxy_seconds: float | None = None
+        self.expert_seconds: float | None = None
+        self._proxy: ProxyRun | None = None
+        self.buffer: TrajectoryBuffer | None = None
+        if cls.uses_proxy:
+            start = time.perf_counter()
+            self._proxy = self.proxy()
+            self.proxy_seconds = time.perf_counter() - start
+        if cls.uses_experts:
+            start = time.perf_counter()
+            self.buffer = ensure_experts(data, grid.model, grid.experts, grid.evaluation.full_train,
+                                         grid.cache_dir, device, progress)
+            self.expert_seconds = time.perf_counter() - start
+
+    def proxy(self) -> ProxyRun:
+        return self._proxy or load_proxy(self.grid, self.data, self.seed, self.device, self.progress)
+
+    def experts(self) -> TrajectoryBuffer:
+        g = self.grid
+        return self.buffer or open_buffer(self.data, g.model, g.experts, g.evaluation.full_train, g.cache_dir)
+
+
+def check_output(output: MethodOutput, cell: Cell, kind: str) -> None:
+    if not isinstance(output, MethodOutput):
+        raise TypeError(f"method {cell.method!r} returned {type(output).__name__}, not MethodOutput")
+    if kind != "reference" and len(output.pairs) != cell.budget:
+        raise ValueError(f"method {cell.method!r} returned {len(output.pairs)} pairs for budget {cell.budget}")
+    if output.soft_targets is not None:  # refuse rather than silently evaluate without them
+        raise NotImplementedError(f"method {cell.method!r} returned soft targets; the evaluation does not use them yet")
+
+
+def build_record(grid: GridConfig, cell: Cell, method: Method, data: PreparedDataset, output: MethodOutput,
+                 results: list[SeedResult], costs: tuple[Cost, Cost], shared: SharedArtifacts,
+                 device: torch.device) -> CellRecord:
+    """The record of a finished cell (the one place a :class:`CellRecord` is filled)."""
+    kind = type(method).kind
+    train_cfg = grid.evaluation.full_train if kind == "reference" else grid.evaluation.train
+    buffer = shared.buffer
+    return CellRecord(
+        dataset=cell.dataset, method=cell.method, per_seed=[r.__dict__ for r in results],
+        budget=cell.budget, method_seed=cell.method_seed, cell_id=cell.id, cell_hash=cell_hash(grid, cell),
+        method_name=type(method).name, method_params=to_dict(method.params), kind=kind, n_pairs=len(output.pairs),
+        eval_seeds=list(grid.evaluation.seeds), eval_split=grid.evaluation.split, eval_recipe=to_dict(train_cfg),
+        learned_lrs=output.learned_lrs, summary=summarize(results),
+        method_cost=costs[0].as_dict(), eval_cost=costs[1].as_dict(),
+        proxy_seconds=shared.proxy_seconds, expert_seconds=shared.expert_seconds,
+        expert_buffer_bytes=None if buffer is None else buffer.size_bytes(),
+        expert_train_seconds=None if buffer is None else buffer.train_seconds(),
+        method_info=output.info,
+        source_indices=None if output.source_indices is None else output.source_indices.tolist(),
+        dataset_key=data.key, config=to_dict(grid), config_hash=grid.config_hash, device=str(device),
+        machine=machine_info(), git_commit=git_commit(), finished_at=_now(),
+    )
+
+
+def execute_cell(grid: GridConfig, cell: Cell, progress: bool = False) -> CellRecord:
+    """Run one cell end to end: method, evaluation, then its set, pictures and record."""
+    store = ResultStore(grid.results_dir)
+    device = pick_device(grid.device)
+    data = prepared(grid, cell.dataset, progress)
+    cls = get_method(grid.method(cell.method).name)
+    method = cls(cell_method_params(grid, cell))
+    seed = 0 if cell.method_seed is None else cell.method_seed
+    shared = SharedArtifacts(grid, cls, data, seed, device, progress)
+    ctx = MethodContext(data, grid.model, device, Path(grid.cache_dir), shared.proxy, progress, shared.experts)
+    budget = cell.budget if cell.budget is not None else data.train.n_captions
+    with measure(device) as method_cost:
+        output = method.run(ctx, budget, seed)
+    check_output(output, cell, cls.kind)
+    train_cfg = grid.evaluation.full_train if cls.kind == "reference" else grid.evaluation.train
+    split = grid.evaluation.split
+    with measure(device) as eval_cost:
+        results = evaluate_pair_set(
+            output.pairs, grid.model, train_cfg, data.dataset.split(split), data.text_emb[split],
+            grid.evaluation.seeds, device, learned_lrs=output.learned_lrs, progress=progress,
+            description=cell.id,
+        )
+    record = build_record(grid, cell, method, data, output, results, (method_cost, eval_cost), shared, device)
+    if cls.kind != "reference":  # the full set is the training split itself: nothing to save
+        set_file = store.save_set(cell, output).relative_to(store.root)
+        write_pictures(store, cell.id, data, output)
+        record = replace(record, set_file=str(set_file))
+    store.write_record(cell, record)  # last: a record on disk means everything else is there
+    return record
+
+
+def failure_record(grid: GridConfig, cell: Cell, exc: BaseException, attempts: int) -> FailureRecord:
+    """What ``records/<cell>.failed.json`` says: the error, its traceback, the attempts made
+    (0: never started) and the hash of the config that failed."""
+    return FailureRecord(cell_id=cell.id, error=f"{type(exc).__name__}: {exc}", attempts=attempts,
+                         traceback="".join(traceback.format_exception(exc)), failed_at=_now(),
+                         cell_hash=cell_hash(grid, cell))

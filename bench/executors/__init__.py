@@ -1,0 +1,24 @@
+"""Executors: how the pending cells of a grid are run. Both run :func:`bench.cell.execute_cell`
+and tell a :class:`Reporter` what happened; the grid run (:mod:`bench.runner`) does the rest.
+
+- :mod:`bench.executors.local`: in this process, one cell after another.
+- :mod:`bench.executors.ray_dispatch`: one Ray task per expert, proxy and cell, started by our
+  own dispatcher in priority order as inputs become ready.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from bench.grid import Cell
+
+
+class Reporter(Protocol):
+    """What an executor tells the grid run."""
+
+    def started(self, name: str) -> None:
+        """A job (a cell id, or e.g. ``expert 0 of embedded``) starts."""
+
+    def finished(self, cell: Cell, error: BaseException | None, attempts: int) -> None:
+        """A cell ended: ``error`` None when its record is written, else why it failed after
+        ``attempts`` tries (0: never started, because an input it needs failed)."""

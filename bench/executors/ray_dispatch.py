@@ -1,0 +1,178 @@
+"""The Ray executor: one task per expert, proxy and cell, started by our own dispatcher.
+
+Ray starts queued tasks in no guaranteed order, so the driver keeps at most one job per free
+slot in flight and always starts the highest-priority job whose inputs are ready: experts,
+proxies, then the longest cells (distillation, the full reference, coresets). A job whose
+input failed is reported failed without being started. Task bodies are module-level functions
+(workers import them by name); their names show in a worker's process title
+(``ray::_ray_cell``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from bench import cell as cell_module
+from bench.config import from_dict, to_dict
+from bench.env import pick_device
+from bench.executors import Reporter
+from bench.experts import train_expert
+from bench.grid import Cell, GridConfig, RunnerConfig, cell_hash
+from bench.registry import get_method, load_plugins
+from bench.store import ResultStore
+
+#: Start order of ready jobs: lower first (experts and proxies come before any cell).
+_CELL_PRIORITY = {"distillation": 0, "reference": 1}
+
+
+def task_slots(runner: RunnerConfig, resources: dict[str, float]) -> tuple[float, int]:
+    """GPUs per task and how many tasks to keep in flight on a cluster with ``resources``."""
+    gpus = runner.gpus_per_task
+    if gpus is None:
+        gpus = 1 if resources.get("GPU", 0) > 0 else 0
+    if gpus:
+        slots = int(resources.get("GPU", 0) // gpus)
+    else:
+        slots = int(resources.get("CPU", 1) // runner.cpus_per_task)
+    if runner.max_concurrent is not None:
+        slots = min(slots, runner.max_concurrent)
+    return gpus, max(1, slots)
+
+
+def _ray_cell(grid_data: dict, cell_data: dict, plugins: list[str], threads: int) -> str:
+    """A cell. A retry of a task whose worker died after writing the record finds it and does
+    not redo (or rewrite) the cell."""
+    torch.set_num_threads(threads)
+    load_plugins(plugins)
+    grid = from_dict(GridConfig, grid_data)
+    cell = Cell(**cell_data)
+    if not ResultStore(grid.results_dir).finished(cell, cell_hash(grid, cell)):
+        cell_module.execute_cell(grid, cell)
+    return cell.id
+
+
+def _ray_expert(grid_data: dict, dataset: str, index: int, threads: int) -> str:
+    """Expert ``index`` of ``dataset`` (skipped when its file is on disk and valid)."""
+    torch.set_num_threads(threads)
+    grid = from_dict(GridConfig, grid_data)
+    data = cell_module.prepared(grid, dataset)
+    path = train_expert(data, grid.model, grid.experts, grid.evaluation.full_train, index,
+                        grid.cache_dir, pick_device(grid.device))
+    return str(path)
+
+
+def _ray_proxy(grid_data: dict, dataset: str, seed: int, plugins: list[str], threads: int) -> str:
+    """The proxy run of ``dataset`` for method seed ``seed`` (plugins may replace the proxy)."""
+    torch.set_num_threads(threads)
+    load_plugins(plugins)
+    grid = from_dict(GridConfig, grid_data)
+    cell_module.load_proxy(grid, cell_module.prepared(grid, dataset), seed, pick_device(grid.device), False)
+    return f"{dataset}:{seed}"
+
+
+def init_ray(address: str | None) -> None:
+    """Join ``address`` or start a local cluster (once per process)."""
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if ray.is_initialized():
+        return
+    # Workers need the driver's import path (plugins outside the repository, a source checkout).
+    pythonpath = os.pathsep.join(p for p in [os.getcwd(), os.environ.get("PYTHONPATH", "")] if p)
+    env = {"env_vars": {"PYTHONPATH": pythonpath, "RAY_AUTH_MODE": os.environ["RAY_AUTH_MODE"]}}
+    kwargs: dict[str, Any] = {"runtime_env": env, "include_dashboard": False, "log_to_driver": True}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(**kwargs)
+
+
+class _Job:
+    """A Ray task the dispatcher will start once its inputs exist (identity-hashed)."""
+
+    def __init__(self, name: str, submit: Callable[[], Any], deps: list[_Job] | None = None,
+                 cell: Cell | None = None) -> None:
+        self.name, self.submit, self.deps, self.cell = name, submit, deps or [], cell
+        self.ref: Any = None
+        self.finished = False
+        self.error: BaseException | None = None
+
+    def fail(self, exc: BaseException) -> None:
+        self.finished, self.error = True, exc
+
+
+def _plan_jobs(grid: GridConfig, todo: list[Cell], plugins: list[str], tasks: dict[str, Any]) -> list[_Job]:
+    """Every job of the run, in dispatch priority order, with its inputs."""
+    grid_data, threads = to_dict(grid), grid.runner.cpus_per_task
+    experts: dict[str, list[_Job]] = {}
+    proxies: dict[tuple[str, int], _Job] = {}
+    cells: list[_Job] = []
+
+    def method_class(c: Cell) -> type:
+        return get_method(grid.method(c.method).name)
+
+    for cell in sorted(todo, key=lambda c: _CELL_PRIORITY.get(method_class(c).kind, 2)):
+        cls = method_class(cell)
+        deps: list[_Job] = []
+        if cls.uses_experts:
+            if cell.dataset not in experts:
+                experts[cell.dataset] = [
+                    _Job(f"expert {i} of {cell.dataset}",
+                         lambda d=cell.dataset, i=i: tasks["expert"].remote(grid_data, d, i, threads))
+                    for i in range(grid.experts.n_experts)
+                ]
+            deps += experts[cell.dataset]
+        key = (cell.dataset, cell.method_seed or 0)
+        if cls.uses_proxy:
+            if key not in proxies:
+                proxies[key] = _Job(f"proxy {key[0]} seed {key[1]}",
+                                    lambda k=key: tasks["proxy"].remote(grid_data, k[0], k[1], plugins, threads))
+            deps.append(proxies[key])
+        cells.append(_Job(cell.id, lambda c=cell: tasks["cell"].remote(grid_data, c.__dict__, plugins, threads),
+                          deps, cell))
+    return [j for group in experts.values() for j in group] + list(proxies.values()) + cells
+
+
+def run_ray(grid: GridConfig, todo: list[Cell], reporter: Reporter, plugins: list[str]) -> None:
+    """Run ``todo`` on a Ray cluster (a local one unless ``runner.ray_address``)."""
+    import ray
+
+    init_ray(grid.runner.ray_address)
+    runner = grid.runner
+    gpus, slots = task_slots(runner, ray.cluster_resources())
+    # max_retries covers a worker that died (killed, out of memory, node lost) as well as
+    # an exception; a retried cell whose record already exists returns at once.
+    options = {"num_cpus": runner.cpus_per_task, "num_gpus": gpus, "max_retries": runner.max_retries,
+               "retry_exceptions": True}
+    tasks = {name: ray.remote(fn).options(**options)
+             for name, fn in (("cell", _ray_cell), ("proxy", _ray_proxy), ("expert", _ray_expert))}
+    jobs = _plan_jobs(grid, todo, plugins, tasks)
+    in_flight: dict[Any, _Job] = {}
+    while any(not job.finished for job in jobs):
+        for job in jobs:
+            if len(in_flight) >= slots:
+                break
+            if job.ref is None and not job.finished and all(d.finished for d in job.deps):
+                failed = next((d for d in job.deps if d.error is not None), None)
+                if failed is not None:  # an input could not be made: so neither can this
+                    job.fail(RuntimeError(f"{failed.name} failed: {failed.error}"))
+                    reporter.finished(job.cell, job.error, 0)  # type: ignore[arg-type]
+                else:
+                    reporter.started(job.name)
+                    job.ref = job.submit()
+                    in_flight[job.ref] = job
+        if not in_flight:
+            continue
+        ready, _ = ray.wait(list(in_flight), num_returns=1)
+        job = in_flight.pop(ready[0])
+        try:
+            ray.get(ready[0])
+            job.finished = True
+        except Exception as exc:  # noqa: BLE001 - the task already used its retries
+            job.fail(exc)
+        if job.cell is not None:
+            reporter.finished(job.cell, job.error, runner.max_retries + 1)

@@ -1,0 +1,39 @@
+"""The pictures of one cell: the first pairs of the set it produced, with their captions, and
+(for distillation) its matching-loss curve. Written by the cell itself, next to its record."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from bench.reports.plots import plot_matching_loss, save_pair_grid
+
+if TYPE_CHECKING:
+    from bench.data.datasets import PreparedDataset
+    from bench.methods_api import MethodOutput
+    from bench.store import ResultStore
+
+#: How many pairs the picture of a set shows.
+N_SHOWN = 16
+
+
+def display_captions(data: PreparedDataset, output: MethodOutput, n: int) -> list[str]:
+    """Captions to show under the first ``n`` pairs: the real caption of a selected pair, or
+    the nearest real training caption of a synthetic text vector (cosine), marked "≈"."""
+    captions = data.train.captions
+    if output.pairs.source_indices is not None:
+        return [captions[int(i)] for i in output.pairs.source_indices[:n]]
+    emb = torch.nn.functional.normalize(output.pairs.text_emb[:n].float(), dim=1)
+    bank = torch.nn.functional.normalize(data.text_emb["train"].float(), dim=1)
+    return [f"≈ {captions[int(i)]}" for i in (emb @ bank.T).argmax(dim=1)]
+
+
+def write_pictures(store: ResultStore, cell_id: str, data: PreparedDataset, output: MethodOutput) -> None:
+    """``pictures/<cell>.png`` and, when the method reports ``matching_loss``, ``<cell>_loss.png``."""
+    n = min(N_SHOWN, len(output.pairs))
+    images = output.pairs.images[output.pairs.image_index[:n]]
+    save_pair_grid(images, display_captions(data, output, n), store.picture_path(cell_id), title=cell_id, n=n)
+    if "matching_loss" in output.info:
+        plot_matching_loss(output.info["matching_loss"], store.picture_path(cell_id, "loss"),
+                           title=f"{cell_id}: matching loss")
