@@ -1,9 +1,13 @@
 """Command line.
 
   python run_bench.py [run] [--config FILE] [--set key.path=value ...] [--plugin MODULE ...]
-                      [--ray-address ADDR] [--executor ray|local] [--no-progress]
+                      [--ray-address ADDR] [--executor ray|local] [--no-progress] [--debug]
   python run_bench.py table RESULTS_DIR [--format markdown|latex|csv] [--reference FILE|paper]
   python run_bench.py methods [--plugin MODULE ...]
+  python run_bench.py cache [--config FILE] [--set ...] [--prune]
+
+A problem the user can fix (a config value, a data file, a path, a plugin) is printed as one
+``error: ...`` line on stderr with exit status 2; ``--debug`` shows its traceback as well.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import traceback
 from pathlib import Path
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
@@ -23,37 +28,41 @@ def _console():
     return Console(width=None if sys.stdout.isatty() else 170)
 
 
-def _run(args: argparse.Namespace) -> int:
-    from bench.config import ConfigError
-    from bench.console import print_records
+def _load_grid(args: argparse.Namespace):
+    """Plugins first (a config may name their methods), then the config with its overrides."""
     from bench.grid import load_grid
     from bench.registry import load_plugins
+
+    load_plugins(args.plugin)
+    overrides = list(args.set)
+    if getattr(args, "ray_address", None):
+        overrides.append(f"runner.ray_address={args.ray_address}")
+    if getattr(args, "executor", None):
+        overrides.append(f"runner.executor={args.executor}")
+    return load_grid(args.config, overrides)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from bench.console import print_grid_results
     from bench.reports.outputs import write_reports
     from bench.runner import GridRun
 
+    grid = _load_grid(args)
     console = _console()
-    try:
-        load_plugins(args.plugin)
-        overrides = list(args.set)
-        if args.ray_address:
-            overrides.append(f"runner.ray_address={args.ray_address}")
-        if args.executor:
-            overrides.append(f"runner.executor={args.executor}")
-        grid = load_grid(args.config, overrides)
-    except (ConfigError, ImportError) as exc:
-        console.print(f"[red]error[/red] in {args.config}: {exc}")
-        return 2
     start = time.perf_counter()
     run = GridRun(grid, plugins=args.plugin, progress=not args.no_progress).run()
     wall = time.perf_counter() - start
-    records = write_reports(grid)
-    print_records(records, console)
+    results = run.results()
+    write_reports(grid.results_dir, [d.name for d in grid.datasets], results)
+    print_grid_results(results, console)
     console.print(
         f"{len(run.done)} cells run, {len(run.skipped)} already done, {len(run.failed)} failed; "
         f"wall time {wall:.1f} s; results in {grid.results_dir}"
     )
-    for cell in run.failed:
-        console.print(f"[red]failed[/red] {cell.id}: see {run.store.failure_path(cell)}")
+    if run.retired:
+        console.print(f"{len(run.retired)} record(s) of an older recipe moved to {run.store.root / 'stale'}")
+    if run.failed:
+        console.print(f"tracebacks: {run.store.root / 'records'}/<cell>.failed.json")
     return 1 if run.failed else 0
 
 
@@ -72,14 +81,53 @@ def _methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cache(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from bench.cache import KINDS, format_size, inventory, prune
+
+    grid = _load_grid(args)
+    entries = inventory(grid)
+    console = _console()
+    table = Table(title=f"cache {grid.cache_dir} (referenced = read by grid {grid.name!r})")
+    for col in ("kind", "dataset", "entries", "size", "referenced", "unreferenced"):
+        table.add_column(col, justify="left" if col in ("kind", "dataset") else "right")
+    groups = sorted({(e.kind, e.dataset) for e in entries},
+                    key=lambda g: (KINDS.index(g[0]) if g[0] in KINDS else len(KINDS), g[1]))
+    for kind, dataset in groups:
+        group = [e for e in entries if (e.kind, e.dataset) == (kind, dataset)]
+        used = sum(e.size for e in group if e.referenced)
+        unused = sum(e.size for e in group if not e.referenced)
+        label = kind if kind in KINDS else f"{kind} (kept)"
+        table.add_row(label, dataset, str(len(group)), format_size(used + unused), format_size(used),
+                      format_size(unused))
+    console.print(table)
+    stale = [e for e in entries if not e.referenced]
+    for entry in stale:
+        console.print(f"unreferenced {entry.kind} {format_size(entry.size)}: {entry.paths[0]}", soft_wrap=True)
+    total = sum(e.size for e in stale)
+    if args.prune:
+        console.print(f"pruned {len(stale)} entries, {format_size(prune(grid, entries))} freed")
+    elif stale:
+        console.print(f"{len(stale)} unreferenced entries, {format_size(total)}: `--prune` removes them")
+    return 0
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML grid (default: configs/quickstart.yaml)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a config value")
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="import a method plugin (module or .py file)")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the traceback of an error")
     parser = argparse.ArgumentParser(prog="run_bench.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command")
-    run = sub.add_parser("run", help="run a grid config (the default command)")
-    run.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML grid (default: configs/quickstart.yaml)")
-    run.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a config value")
-    run.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="import a method plugin (module or .py file)")
+    run = sub.add_parser("run", parents=[common], help="run a grid config (the default command)")
+    _add_config_arguments(run)
     run.add_argument("--ray-address", default=None, help="join an existing Ray cluster")
     run.add_argument("--executor", choices=["ray", "local"], default=None, help="override runner.executor")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -87,17 +135,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     from bench.reports.cli import add_table_arguments
 
-    add_table_arguments(sub.add_parser("table", help="render the paper-style tables of a results directory"))
+    add_table_arguments(sub.add_parser("table", parents=[common],
+                                       help="render the paper-style tables of a results directory"))
 
-    methods = sub.add_parser("methods", help="list the registered methods")
+    methods = sub.add_parser("methods", parents=[common], help="list the registered methods")
     methods.add_argument("--plugin", action="append", default=[], metavar="MODULE")
     methods.set_defaults(func=_methods)
+
+    cache = sub.add_parser("cache", parents=[common],
+                           help="list cache_dir per dataset and kind; what the config no longer reads")
+    _add_config_arguments(cache)
+    cache.add_argument("--prune", action="store_true", help="remove the entries the config does not read")
+    cache.set_defaults(func=_cache)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bench.errors import UserError
+
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv.insert(0, "run")
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except UserError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

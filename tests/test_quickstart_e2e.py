@@ -61,7 +61,9 @@ def test_budget_larger_than_dataset_is_clear(tmp_path):
 
 def test_config_typo_exits_with_message(tmp_path, capsys):
     assert main(["--config", str(REPO / "configs" / "quickstart.yaml"), "--set", "evaluation.sedes=[1]"]) == 2
-    assert "evaluation.sedes" in capsys.readouterr().out
+    err = capsys.readouterr().err
+    assert err == ("error: --set 'evaluation.sedes=[1]': unknown config key 'evaluation.sedes'; did you mean "
+                   "'seeds'? (valid keys: full_train, seeds, split, train)\n")
 
 
 def test_karpathy_dataset_runs_through_the_pipeline(tmp_path):
@@ -85,9 +87,9 @@ def test_karpathy_dataset_runs_through_the_pipeline(tmp_path):
     })
     GridRun(cfg, progress=False).run()
     records = load_records(tmp_path / "out")
-    assert [r["method"] for r in records] == ["full", "random"]
-    assert records[0]["n_pairs"] == 5 and records[0]["dataset"] == "tiny"
-    assert set(records[0]["summary"]) == {"tr@1", "tr@5", "tr@10", "ir@1", "ir@5", "ir@10", "mean"}
+    assert [r.method for r in records] == ["full", "random"]
+    assert records[0].n_pairs == 5 and records[0].dataset == "tiny"
+    assert set(records[0].summary) == {"tr@1", "tr@5", "tr@10", "ir@1", "ir@5", "ir@10", "mean"}
     # Two test images: every K >= 2 retrieves everything.
-    assert records[0]["summary"]["tr@5"]["mean"] == 100.0 and records[0]["summary"]["ir@5"]["mean"] == 100.0
+    assert records[0].summary["tr@5"]["mean"] == 100.0 and records[0].summary["ir@5"]["mean"] == 100.0
     assert (tmp_path / "out" / "records" / "tiny__random__b2__s0.json").is_file()
