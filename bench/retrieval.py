@@ -1,4 +1,4 @@
-"""Image-text retrieval recall@K (DESIGN.md section 4, "Metric").
+"""Image-text retrieval recall@K (docs/protocol.md, "Metrics").
 
 TR@K (image -> text): an image is a hit when ANY of its captions ranks in the top K.
 IR@K (text -> image): a caption is a hit when its one image ranks in the top K.
