@@ -44,7 +44,7 @@ class TrajectoryMatching(Method):
         real = ctx.real_subset(init)
         # The student module only supplies the architecture: parameters come from the experts.
         student = build_student(ctx.model_cfg, ctx.data.train.resolution, ctx.data.text_dim, seed)
-        key = run_key(self.name, ctx.data.dataset.content_key, buffer.key, self.params, budget, seed, init.tolist())
+        key = run_key(self.name, ctx.data.key, buffer.key, self.params, budget, seed, init.tolist())
         checkpoint = ctx.cache_dir / "distill" / f"{ctx.data.name}-{self.name}-{key}.pt"
         state = self.matcher(ctx, student, buffer, checkpoint).run(self.learned(real), seed, key, progress=ctx.progress)
         return self.output(state, init, buffer)
