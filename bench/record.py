@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from bench.errors import UserError
 
@@ -44,19 +44,28 @@ def _stored_fields(cls: type) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(cls) if f.metadata.get("stored", True)]
 
 
-class _Json:
-    """JSON round trip shared by the record classes: known keys become fields, unknown keys
-    go to ``extra`` and are written back unchanged."""
+S = TypeVar("S", bound="_Stored")
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Stored:
+    """What every file of a results directory shares: its schema version, where it was read
+    from, and the keys this code does not know (kept in ``extra``, written back unchanged)."""
 
     REQUIRED: ClassVar[tuple[str, ...]] = ()
 
+    schema_version: int = RECORD_VERSION
+    path: str | None = field(default=None, compare=False, metadata=_LOCAL)
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, metadata=_LOCAL)
+
     def to_json(self) -> dict[str, Any]:
-        out = dict(getattr(self, "extra", {}))
+        out = dict(self.extra)
         out.update({f.name: getattr(self, f.name) for f in _stored_fields(type(self))})
         return out
 
     @classmethod
-    def _fields_from(cls, data: Any, path: str | Path | None) -> dict[str, Any]:
+    def from_json(cls: type[S], data: Any, path: str | Path | None = None) -> S:
+        """Read one from JSON data, checking what every reader relies on; errors name ``path``."""
         where = str(path) if path is not None else f"a {cls.__name__}"
         if not isinstance(data, dict):
             raise RecordError(f"{where}: expected a JSON object, got {type(data).__name__}")
@@ -65,14 +74,18 @@ class _Json:
             raise RecordError(f"{where}: the record lacks {', '.join(missing)}")
         names = {f.name for f in _stored_fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in names}
-        kwargs.setdefault("schema_version", 1)  # version-1 records had no such key
-        kwargs["extra"] = {k: v for k, v in data.items() if k not in names}
-        kwargs["path"] = None if path is None else str(path)
-        return kwargs
+        kwargs.setdefault("schema_version", 1)  # version-1 files had no such key
+        cls._check(kwargs, where)
+        return cls(**kwargs, path=None if path is None else str(path),
+                   extra={k: v for k, v in data.items() if k not in names})
+
+    @classmethod
+    def _check(cls, kwargs: dict[str, Any], where: str) -> None:
+        """Raise :class:`RecordError` (naming ``where``) for values readers cannot use."""
 
 
 @dataclass(frozen=True)
-class CellRecord(_Json):
+class CellRecord(_Stored):
     """One finished grid cell: what ran, its metrics per evaluation seed, costs, provenance."""
 
     REQUIRED: ClassVar[tuple[str, ...]] = ("dataset", "method", "per_seed")
@@ -88,7 +101,6 @@ class CellRecord(_Json):
     cell_id: str | None = None
     cell_hash: str | None = None  # bench.grid.cell_hash: a record with another hash is stale
     status: str = "ok"
-    schema_version: int = RECORD_VERSION
     # --- what ran
     method_name: str | None = None  # the registered name
     method_params: dict[str, Any] | None = None
@@ -118,23 +130,19 @@ class CellRecord(_Json):
     machine: dict[str, Any] = field(default_factory=dict)
     git_commit: str | None = None
     finished_at: str | None = None
-    # --- not stored
-    path: str | None = field(default=None, compare=False, metadata=_LOCAL)
-    extra: dict[str, Any] = field(default_factory=dict, compare=False, metadata=_LOCAL)
+
+    def __post_init__(self) -> None:
+        if not self.kind:  # a version-1 record without it
+            object.__setattr__(self, "kind", self.inferred_kind())
 
     @classmethod
-    def from_json(cls, data: Any, path: str | Path | None = None) -> CellRecord:
-        """Read a record, checking what every reader relies on; the error names ``path``."""
-        kwargs = cls._fields_from(data, path)
-        where = kwargs["path"] or "a record"
+    def _check(cls, kwargs: dict[str, Any], where: str) -> None:
         per_seed = kwargs["per_seed"]
         if not isinstance(per_seed, list) or not all(
                 isinstance(s, dict) and isinstance(s.get("metrics"), dict) for s in per_seed):
             raise RecordError(f"{where}: 'per_seed' must be a list of objects with a 'metrics' object")
         if kwargs.get("status", "ok") == "ok" and not per_seed:
             raise RecordError(f"{where}: 'per_seed' is empty: a finished record needs a result per evaluation seed")
-        record = cls(**kwargs)
-        return record if record.kind else dataclasses.replace(record, kind=record.inferred_kind())
 
     def inferred_kind(self) -> str:
         """``kind``; for version-1 records without it: no budget -> reference, a built-in
@@ -169,7 +177,7 @@ class CellRecord(_Json):
 
 
 @dataclass(frozen=True)
-class FailureRecord(_Json):
+class FailureRecord(_Stored):
     """The last failure of a cell (``records/<cell>.failed.json``): why, and under which hash."""
 
     REQUIRED: ClassVar[tuple[str, ...]] = ("cell_id", "error")
@@ -181,13 +189,6 @@ class FailureRecord(_Json):
     failed_at: str | None = None
     cell_hash: str | None = None  # the hash of the config that failed (None before version 2)
     status: str = "failed"
-    schema_version: int = RECORD_VERSION
-    path: str | None = field(default=None, compare=False, metadata=_LOCAL)
-    extra: dict[str, Any] = field(default_factory=dict, compare=False, metadata=_LOCAL)
-
-    @classmethod
-    def from_json(cls, data: Any, path: str | Path | None = None) -> FailureRecord:
-        return cls(**cls._fields_from(data, path))
 
     @property
     def reason(self) -> str:
@@ -196,7 +197,7 @@ class FailureRecord(_Json):
 
 
 @dataclass(frozen=True)
-class GridManifest(_Json):
+class GridManifest(_Stored):
     """``grid.json``: the grid last run into a results directory and the hash of each of its
     cells. Tables show exactly the records that match it (never a stale or foreign one)."""
 
@@ -206,13 +207,8 @@ class GridManifest(_Json):
     name: str | None = None
     config_hash: str | None = None
     written_at: str | None = None
-    schema_version: int = RECORD_VERSION
-    path: str | None = field(default=None, compare=False, metadata=_LOCAL)
-    extra: dict[str, Any] = field(default_factory=dict, compare=False, metadata=_LOCAL)
 
     @classmethod
-    def from_json(cls, data: Any, path: str | Path | None = None) -> GridManifest:
-        kwargs = cls._fields_from(data, path)
+    def _check(cls, kwargs: dict[str, Any], where: str) -> None:
         if not isinstance(kwargs["cells"], dict):
-            raise RecordError(f"{kwargs['path'] or 'a grid manifest'}: 'cells' must map cell ids to hashes")
-        return cls(**kwargs)
+            raise RecordError(f"{where}: 'cells' must map cell ids to hashes")
