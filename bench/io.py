@@ -177,16 +177,23 @@ def check_writable_dir(path: str | os.PathLike[str], what: str, min_free: int = 
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UnusableDirectoryError(f"{what} {path} is a file, not a directory")
+    created = [p for p in (path, *path.parents) if not p.exists()]  # deepest first
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = write_text_atomic(path / f".write-probe-{_HOST}-{os.getpid()}", "ok")
         probe.unlink()
+        free = shutil.disk_usage(path).free
     except OSError as exc:
         reason = {errno.ENOSPC: "the disk is full", errno.EROFS: "read-only filesystem",
                   errno.EACCES: "permission denied", errno.ENOTDIR: "a parent is a file"}.get(
             exc.errno or 0, exc.strerror or str(exc))
         raise UnusableDirectoryError(f"{what} {path} cannot be written: {reason}") from None
-    free = shutil.disk_usage(path).free
+    finally:  # a check leaves nothing behind: what it created goes (writers create it again)
+        for directory in created:
+            try:
+                directory.rmdir()
+            except OSError:
+                break
     if free < min_free:
         raise UnusableDirectoryError(
             f"{what} {path} has only {free / 2**20:.1f} MiB free (need at least {min_free / 2**20:.0f} MiB)")
