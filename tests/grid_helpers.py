@@ -66,13 +66,18 @@ def metrics(recs: dict[str, dict]) -> dict[str, list]:
     return {k: [s["metrics"] for s in r["per_seed"]] for k, r in recs.items()}
 
 
+#: The whole model section for CLI runs, so the tiny grids never inherit the quickstart's model
+#: (e.g. a pretrained or frozen tower): a small ConvNet from scratch, as ``tiny_grid`` has.
+TINY_MODEL = "{image_encoder: {name: convnet, width: 8, depth: 2}, text_head: residual, text_dropout: 0.1, embed_dim: null}"
+
+
 def cli_args(tmp_path: Path, results: Path, plugin: Path, executor: str, **extra: Any) -> list[str]:
     """``run_bench.py`` on a tiny embedded grid (7 cells with the default methods/budgets);
     ``extra`` adds or replaces ``--set`` overrides."""
     sets: dict[str, Any] = {
         "results_dir": results, "cache_dir": tmp_path / "cache",
         "datasets": "[{source: embedded, embedded: {n_train_images: 60, n_val_images: 4, n_test_images: 30, resolution: 16}}]",
-        "model.image_encoder.width": 8, "model.image_encoder.depth": 2,
+        "model": TINY_MODEL,
         "evaluation.seeds": "[0, 1]", "evaluation.train.epochs": 30, "evaluation.train.batch_size": 10,
         "evaluation.full_train.epochs": 2, "proxy.epochs": 1, "budgets": "[10, 20]",
         "methods": "[random, kcenter, first-k]",

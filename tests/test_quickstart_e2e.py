@@ -17,7 +17,8 @@ def _run(tmp_path: Path, tag: str, capsys) -> tuple[dict, dict, str]:
     overrides = [
         f"results_dir={out}", f"cache_dir={tmp_path / 'cache'}",
         "datasets=[{source: embedded, embedded: {n_train_images: 400, n_val_images: 20, n_test_images: 200}}]",
-        "model.image_encoder.width=16", "methods=[random]", "runner.executor=local", "runner.cpus_per_task=2",
+        "model={image_encoder: {name: convnet, width: 16, depth: 3}, text_head: residual, text_dropout: 0.1}",
+        "methods=[random]", "runner.executor=local", "runner.cpus_per_task=2",
         "evaluation.seeds=[0, 1]", "evaluation.full_train.epochs=6",
         "evaluation.train.epochs=20", "budgets=[20]",
     ]

@@ -17,12 +17,12 @@ from bench.config import ConfigError
 from bench.grid import load_grid
 from bench.io import UnusableDirectoryError
 from bench.runner import GridRun
-from tests.grid_helpers import tiny_grid
+from tests.grid_helpers import TINY_MODEL, tiny_grid
 
 REPO = Path(__file__).resolve().parent.parent
 QUICKSTART = str(REPO / "configs" / "quickstart.yaml")
 TINY = ["datasets=[{source: embedded, embedded: {n_train_images: 10, n_val_images: 2, n_test_images: 4, resolution: 16}}]",
-        "model.image_encoder.width=8", "model.image_encoder.depth=2", "evaluation.seeds=[0]",
+        f"model={TINY_MODEL}", "evaluation.seeds=[0]",
         "evaluation.train.epochs=1", "evaluation.full_train.epochs=1", "methods=[random]", "budgets=[10]",
         "runner.executor=local"]
 CLASH = '''
