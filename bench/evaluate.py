@@ -5,46 +5,17 @@ same students, recipe and seeds, so differences between methods are paired."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
-from bench.data.pairs import PairSet, normalize_images
+from bench.data.pairs import PairSet
 from bench.data.types import Split
+from bench.embed import embed_split
 from bench.models.student import ModelConfig, Student, build_student
 from bench.retrieval import retrieval_metrics
 from bench.train import TrainConfig, train_student
-
-
-def _batched(encode: Callable[[slice], torch.Tensor], n: int, batch_size: int) -> torch.Tensor:
-    """``encode`` applied to consecutive slices of ``range(n)``, concatenated on the CPU."""
-    return torch.cat([encode(slice(i, i + batch_size)).cpu() for i in range(0, n, batch_size)])
-
-
-@torch.no_grad()
-def embed_split(
-    student: Student, split: Split, text_emb: torch.Tensor, device: torch.device, batch_size: int = 512
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalised image and caption embeddings of a val/test split."""
-    student.eval().to(device)
-    images = _batched(lambda s: student.encode_images(normalize_images(split.images[s].to(device))),
-                      split.n_images, batch_size)
-    texts = _batched(lambda s: student.encode_texts(text_emb[s].to(device)), split.n_captions, batch_size)
-    return images, texts
-
-
-@torch.no_grad()
-def embed_pairs(
-    student: Student, pairs: PairSet, device: torch.device, batch_size: int = 512
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalised (image, caption) embeddings of every pair of a pair set."""
-    student.eval().to(device)
-    images = _batched(lambda s: student.encode_images(pairs.batch(torch.arange(len(pairs))[s], device)[0]),
-                      len(pairs), batch_size)
-    texts = _batched(lambda s: student.encode_texts(pairs.text_emb[s].to(device)), len(pairs), batch_size)
-    return images, texts
 
 
 def evaluate_student(

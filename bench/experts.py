@@ -10,13 +10,14 @@ model + recipe: trained once (in parallel as Ray tasks), skipped when already on
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from bench.augment import AugmentConfig
 from bench.config import to_dict
 from bench.data.datasets import PreparedDataset
 from bench.io import discard_corrupt, stable_hash, write_atomic
@@ -28,7 +29,9 @@ from bench.train import TrainConfig, train_student
 class ExpertConfig:
     """n_experts students trained for ``epochs`` epochs (>= max_start_epoch + expert_epochs of
     every distillation method that reads them) with plain SGD (momentum 0 by default, like the
-    unrolled inner loop of matching); expert i uses seed ``seed + i``."""
+    unrolled inner loop of matching); expert i uses seed ``seed + i``. augment: the
+    differentiable augmentation of every batch (:mod:`bench.augment`; None = off), usually the
+    one the matching's inner loop uses."""
 
     n_experts: int = 3
     epochs: int = 3
@@ -37,6 +40,7 @@ class ExpertConfig:
     lr_text: float = 0.1
     momentum: float = 0.0
     seed: int = 1000
+    augment: AugmentConfig | None = field(default=None, metadata={"omit_if_default": True})
 
     def __post_init__(self) -> None:
         if self.n_experts < 1 or self.epochs < 1:
@@ -45,7 +49,7 @@ class ExpertConfig:
     def train_config(self, base: TrainConfig) -> TrainConfig:
         """The full-data recipe with this expert schedule; always SGD (the matcher unrolls SGD)."""
         return replace(base, epochs=self.epochs, batch_size=self.batch_size, optimizer="sgd",
-                       lr_image=self.lr_image, lr_text=self.lr_text, momentum=self.momentum)
+                       lr_image=self.lr_image, lr_text=self.lr_text, momentum=self.momentum, augment=self.augment)
 
 
 def expert_key(data: PreparedDataset, model_cfg: ModelConfig, cfg: ExpertConfig, base: TrainConfig) -> str:

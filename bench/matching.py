@@ -21,7 +21,6 @@ run resumed from a checkpoint repeats the uninterrupted run exactly.
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,8 +29,9 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import torch
 
+from bench.augment import AugmentConfig
 from bench.flat_params import ParamLayout
-from bench.io import stable_hash, torch_save_atomic
+from bench.io import load_torch_or_none, stable_hash, torch_save_atomic
 from bench.models.student import Student
 from bench.unroll import (META_GRADIENTS, Augment, InnerLoss, InnerSteps, MemoryMode, Precision, StepPlan,
                           contrastive_inner_loss, math_attention)
@@ -57,7 +57,17 @@ class MatchingConfig:
     student's forward in the inner steps under bfloat16 autocast (the loss, the parameters and
     the step stay float32). expert_snapshots: where the expert parameters the matcher reads are
     kept after their first read from disk: on the compute ``device``, in ``host`` memory (copied
-    to the device per use) or ``auto`` (the device when they take at most a quarter of it)."""
+    to the device per use) or ``auto`` (the device when they take at most a quarter of it).
+    augment: a differentiable augmentation of each inner step's images (:mod:`bench.augment`),
+    drawn from the step's seed; usually the one the experts trained with.
+
+    Text vectors live in the frozen encoder's space, whose scale depends on the encoder
+    (unit norm for MiniLM, norm ~15 for BERT's [CLS]). text_lr_relative: ``lr_txt`` is in units
+    of that scale: it is multiplied by the mean squared norm of the real caption vectors (the
+    text head ends in a LayerNorm, so its gradient with respect to a vector of norm s scales as
+    1/s and a step moves the vector by lr/s^2 of its length). text_sphere: after every update each
+    text vector is rescaled to the norm of the caption it started from (the unit sphere for a
+    normalised encoder), so it stays a vector the encoder could have produced."""
 
     iterations: int = 200
     syn_steps: int = 8
@@ -75,6 +85,9 @@ class MatchingConfig:
     memory: MemoryMode = field(default="unrolled", metadata={"omit_if_default": True})
     precision: Precision = field(default="fp32", metadata={"omit_if_default": True})
     expert_snapshots: Literal["auto", "device", "host"] = field(default="auto", metadata={"omit_if_default": True})
+    augment: AugmentConfig | None = field(default=None, metadata={"omit_if_default": True})
+    text_lr_relative: bool = field(default=False, metadata={"omit_if_default": True})
+    text_sphere: bool = field(default=False, metadata={"omit_if_default": True})
 
     def __post_init__(self) -> None:
         if min(self.iterations, self.syn_steps, self.expert_epochs, self.max_start_epoch) < 1:
@@ -211,9 +224,14 @@ class TrajectoryMatcher:
         start = self.snapshots.get(expert, start_epoch)
         target = self.snapshots.get(expert, start_epoch + self.cfg.expert_epochs)
         fork = [self.device.index or 0] if self.device.type == "cuda" else []
+        images = tensors["images"]
+        if self.steps.from_features:  # the frozen tower once per iteration, not once per step
+            with self.steps.autocast(self.device):
+                features = self.student.image_features(images)
+            tensors = {**tensors, "images": features.detach().to(self.dtype).requires_grad_(images.requires_grad)}
         with torch.random.fork_rng(devices=fork), math_attention():
             try:
-                return META_GRADIENTS[self.cfg.memory](self.steps, start, target, tensors, plan)
+                loss, grads = META_GRADIENTS[self.cfg.memory](self.steps, start, target, tensors, plan)
             except RuntimeError as exc:
                 if "derivative for" in str(exc) and "not implemented" in str(exc):
                     raise RuntimeError(
@@ -221,6 +239,9 @@ class TrajectoryMatcher:
                         f"op of the student does not support ({exc}); for a transformers tower set "
                         f"image_encoder.attn_implementation: eager") from exc
                 raise
+        if self.steps.from_features and "images" in grads:  # through the tower to the pixels
+            (grads["images"],) = torch.autograd.grad(features, images, grads["images"].to(features.dtype))
+        return loss, grads
 
     def tensors(self, learned: Mapping[str, LearnedTensor],
                 values: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
@@ -251,16 +272,12 @@ class TrajectoryMatcher:
 
     # ----------------------------------------------------------------- checkpoints
     def load_checkpoint(self, key: str) -> MatchingState | None:
-        if self.checkpoint is None or not self.checkpoint.is_file():
+        """The checkpoint's state when it was made under ``key``; an unreadable file or one
+        of another version is reported, deleted and the run starts over."""
+        if self.checkpoint is None:
             return None
-        try:
-            blob = torch.load(self.checkpoint, weights_only=False)
-            state = MatchingState(**blob["state"]) if blob.get("key") == key else None
-        except Exception as exc:  # noqa: BLE001 - a torn or foreign file: start over, say so
-            warnings.warn(f"ignoring unreadable distillation checkpoint {self.checkpoint} ({exc}); starting over",
-                          stacklevel=2)
-            return None
-        return state
+        blob = load_torch_or_none(self.checkpoint, "distillation checkpoint", check=_checkpoint_problem)
+        return None if blob is None or blob["key"] != key else MatchingState(**blob["state"])
 
     def save_checkpoint(self, key: str, state: MatchingState) -> None:
         if self.checkpoint is not None:
@@ -307,6 +324,16 @@ class TrajectoryMatcher:
         state.optimizer = opt.state_dict()
         state.seconds += time.perf_counter() - started
         self.save_checkpoint(key, state)
+
+
+def _checkpoint_problem(blob: Any) -> str | None:
+    if not isinstance(blob, dict) or "key" not in blob or not isinstance(blob.get("state"), dict):
+        return "not a distillation checkpoint"
+    try:
+        MatchingState(**blob["state"])
+    except TypeError as exc:
+        return f"written by another version ({exc})"
+    return None
 
 
 def run_key(*parts: Any) -> str:

@@ -8,10 +8,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
 import torch
 
+from bench.augment import AugmentConfig, augment_batch
 from bench.data.pairs import PairSet
-from bench.models.student import Student, contrastive_loss
+from bench.models.student import Student, contrastive_loss, tower_features
 from bench.progress import make_progress
 
 
@@ -20,7 +22,8 @@ class TrainConfig:
     """Recipe for training a student on a pair set. Separate learning rates for the image and
     text sides (a distilled set may supply learned ones). temperature 0.07 -> logit scale 1/0.07.
     precision ``bf16``: the student's forward under bfloat16 autocast (for GPUs; the loss, the
-    parameters and the update stay float32)."""
+    parameters and the update stay float32). augment: a differentiable augmentation of every
+    batch of images (:mod:`bench.augment`; None = off)."""
 
     epochs: int = 10
     batch_size: int = 128
@@ -31,6 +34,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     temperature: float = 0.07
     precision: Literal["fp32", "bf16"] = field(default="fp32", metadata={"omit_if_default": True})
+    augment: AugmentConfig | None = field(default=None, metadata={"omit_if_default": True})
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -94,6 +98,10 @@ def train_student(
     if len(pairs) == 0:
         raise ValueError("cannot train on an empty pair set")
     student.to(device).train()
+    # A frozen tower maps an image to the same features at every step: compute them once.
+    cached = student.frozen_tower and cfg.augment is None
+    features = tower_features(student, pairs.images, device) if cached else None
+    augment_gen = torch.Generator().manual_seed(int(np.random.default_rng([seed, 1]).integers(2**62)))
     optimizer = make_optimizer(student, cfg)
     shuffle = torch.Generator().manual_seed(seed)
     n_batches = math.ceil(len(pairs) / cfg.batch_size)
@@ -108,9 +116,14 @@ def train_student(
             total = 0.0
             for start in range(0, len(pairs), cfg.batch_size):
                 batch = order[start : start + cfg.batch_size]
-                images, texts = pairs.batch(batch, device)
+                if features is None:
+                    images, texts = pairs.batch(batch, device)
+                    if cfg.augment is not None:
+                        images = augment_batch(images, cfg.augment, augment_gen)
+                else:
+                    images, texts = features[pairs.image_index[batch]], pairs.text_emb[batch].to(device)
                 with cfg.autocast(device):
-                    image_emb, text_emb = student(images, texts)
+                    image_emb, text_emb = student(images, texts, from_features=features is not None)
                 if cfg.precision == "bf16":  # the loss in float32
                     image_emb, text_emb = image_emb.float(), text_emb.float()
                 loss = contrastive_loss(image_emb, text_emb, cfg.logit_scale)

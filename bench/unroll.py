@@ -102,7 +102,11 @@ def matching_distance(final: torch.Tensor, start: torch.Tensor, target: torch.Te
 
 
 class InnerSteps:
-    """One student, its flat layout, the inner loss and the options of the unrolled steps."""
+    """One student, its flat layout, the inner loss and the options of the unrolled steps.
+
+    With a frozen image tower and no augmentation an image's features are the same at every
+    step, so ``tensors["images"]`` holds the tower's features of the synthetic images
+    (``from_features``), computed once per iteration by the matcher."""
 
     def __init__(self, student: Student, layout: ParamLayout, inner_loss: InnerLoss,
                  augment: Augment | None = None, precision: Precision = "fp32") -> None:
@@ -111,8 +115,9 @@ class InnerSteps:
         self.inner_loss = inner_loss
         self.augment = augment
         self.precision = precision
+        self.from_features = student.frozen_tower and augment is None
 
-    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager[object]:
+    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager[object]:
         if self.precision == "bf16":
             return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
@@ -124,8 +129,9 @@ class InnerSteps:
         images, texts = tensors["images"][batch], tensors["texts"][batch]
         if self.augment is not None:
             images = self.augment(images, torch.Generator().manual_seed(seed))
-        with self._autocast(theta.device):
-            image_emb, text_emb = functional_embed(self.student, self.layout.unflatten(theta), images, texts)
+        with self.autocast(theta.device):
+            image_emb, text_emb = functional_embed(self.student, self.layout.unflatten(theta), images, texts,
+                                                   from_features=self.from_features)
         # The loss in the parameters' precision (autocast may hand back bfloat16 embeddings).
         loss = self.inner_loss(image_emb.to(theta.dtype), text_emb.to(theta.dtype), batch, tensors)
         (grad,) = torch.autograd.grad(loss, theta, create_graph=create_graph)

@@ -338,9 +338,9 @@ def test_a_batch_larger_than_the_set_is_the_whole_set(env, monkeypatch):
     batches = []
     original = bench.unroll.functional_embed
 
-    def spy(student, params, images, texts):
+    def spy(student, params, images, texts, **kwargs):
         batches.append(images.shape[0])
-        return original(student, params, images, texts)
+        return original(student, params, images, texts, **kwargs)
 
     monkeypatch.setattr(bench.unroll, "functional_embed", spy)
     cfg = MatchingConfig(iterations=1, syn_steps=3, batch_syn=50, checkpoint_every=0, memory="unrolled")
@@ -404,6 +404,11 @@ def test_a_corrupt_checkpoint_is_named_and_the_run_starts_over(env, tmp_path):
     path.write_bytes(b"not a torch file")
     with pytest.warns(UserWarning, match=str(path)):
         state = _matcher(env, cfg, checkpoint=path).run(_learned(cfg, _real(env)), seed=0, key="k")
+    # A checkpoint of another layout (e.g. an older version of the matcher) is not trusted either.
+    torch.save({"key": "k", "state": {"images": torch.zeros(1)}}, path)
+    with pytest.warns(UserWarning, match="another version"):
+        again = _matcher(env, cfg, checkpoint=path).run(_learned(cfg, _real(env)), seed=0, key="k")
+    assert again.losses == state.losses
     assert state.iteration == 2 and state.resumes == 0
     assert torch.load(path, weights_only=False)["state"]["iteration"] == 2  # repaired
 

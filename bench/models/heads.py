@@ -1,4 +1,4 @@
-"""Trainable head on top of the frozen caption embeddings."""
+"""Trainable projection heads: over the frozen caption embeddings, and over a frozen image tower's features."""
 
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ class ResidualProjection(nn.Module):
         return self.norm(x + projected)
 
 
-def build_text_head(kind: str, in_dim: int, out_dim: int, dropout: float) -> nn.Module:
+def build_head(kind: str, in_dim: int, out_dim: int, dropout: float) -> nn.Module:
     if kind == "residual":
         return ResidualProjection(in_dim, out_dim, dropout)
     if kind == "linear":
         return nn.Linear(in_dim, out_dim)
-    raise ValueError(f"unknown text head {kind!r}; expected 'residual' or 'linear'")
+    raise ValueError(f"unknown head {kind!r}; expected 'residual' or 'linear'")

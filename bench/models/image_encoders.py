@@ -24,13 +24,16 @@ from bench.models.lora import BASE_SEED, LoraConfig, apply_lora, check_missing_w
 @dataclass(frozen=True)
 class ImageEncoderConfig:
     """name: convnet | hf | timm.
-    convnet: width, depth (trained from scratch).
+    convnet: width, depth; path = optional weights (a state_dict file, or ``package:<name>`` for
+        weights shipped in ``bench/models/weights/``), else trained from scratch.
     hf: path = a local transformers model directory (ViT, CLIP, ConvNeXt, ResNet, ...);
         attn_implementation 'eager' so double backward works on CPU ('sdpa' works too: the
         matcher's inner loop runs under the math SDPA backend, see bench/models/lora.py);
         lora = a :class:`LoraConfig` to train low-rank adapters of the frozen tower instead of
         the whole tower (None: full fine-tuning).
-    timm: timm_name (e.g. 'nfnet_l0'), path = optional local checkpoint file."""
+    timm: timm_name (e.g. 'nfnet_l0'), path = optional local checkpoint file.
+    freeze: the tower is a fixed feature extractor (no trainable parameter, always in eval
+        mode); the student then needs a trainable image projection (``embed_dim``)."""
 
     name: Literal["convnet", "hf", "timm"] = "convnet"
     width: int = 128
@@ -42,6 +45,7 @@ class ImageEncoderConfig:
     # Left out of to_dict (and so of config hashes) while None: records and expert caches made
     # before the field existed stay valid.
     lora: LoraConfig | None = field(default=None, metadata={"omit_if_default": True})
+    freeze: bool = field(default=False, metadata={"omit_if_default": True})
 
     def __post_init__(self) -> None:
         if self.lora is not None and self.name != "hf":
@@ -52,6 +56,8 @@ class ImageEncoderConfig:
             raise ValueError("image_encoder.timm_name is required for name 'timm'")
         if self.width < 1 or self.depth < 1:
             raise ValueError("image_encoder width and depth must be positive")
+        if self.freeze and self.lora is not None:
+            raise ValueError("freeze and lora exclude each other (lora already freezes the tower's own weights)")
 
 
 class _Renormalize(nn.Module):
@@ -143,9 +149,49 @@ class TimmImageEncoder(nn.Module):
         return self.model(self.renormalize(images))
 
 
+def resolve_weights(path: str) -> Path:
+    """A weights path: ``package:<file>`` names a file shipped in ``bench/models/weights/``."""
+    if path.startswith("package:"):
+        name = path.split(":", 1)[1]
+        resolved = Path(__file__).resolve().parent / "weights" / name
+        if not resolved.is_file():
+            shipped = sorted(p.name for p in resolved.parent.glob("*") if p.is_file() and not p.name.startswith("."))
+            raise FileNotFoundError(f"image_encoder.path {path!r}: no such shipped weights file (shipped: {shipped})")
+        return resolved
+    resolved = Path(path).expanduser()
+    if not resolved.is_file():
+        raise FileNotFoundError(f"image_encoder.path {path!r}: no such weights file")
+    return resolved
+
+
+def load_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """A state_dict from a safetensors or torch file."""
+    resolved = resolve_weights(path)
+    if resolved.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(resolved))
+    return torch.load(resolved, map_location="cpu", weights_only=True)
+
+
+def _convnet(cfg: ImageEncoderConfig, resolution: int) -> ConvNet:
+    net = ConvNet(width=cfg.width, depth=cfg.depth, resolution=resolution)
+    if cfg.path:
+        try:
+            net.load_state_dict(load_state_dict(cfg.path))
+        except RuntimeError as exc:  # missing, unexpected or mis-shaped weights
+            raise ValueError(f"image_encoder.path {cfg.path!r} does not fit a ConvNet of width {cfg.width} and depth "
+                             f"{cfg.depth}: {exc}") from None
+    return net
+
+
 def build_image_encoder(cfg: ImageEncoderConfig, resolution: int) -> nn.Module:
     if cfg.name == "convnet":
-        return ConvNet(width=cfg.width, depth=cfg.depth, resolution=resolution)
-    if cfg.name == "hf":
-        return HFImageEncoder(cfg)
-    return TimmImageEncoder(cfg)
+        encoder: nn.Module = _convnet(cfg, resolution)
+    elif cfg.name == "hf":
+        encoder = HFImageEncoder(cfg)
+    else:
+        encoder = TimmImageEncoder(cfg)
+    if cfg.freeze:
+        encoder.requires_grad_(False).eval()
+    return encoder

@@ -15,8 +15,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from bench.data.pairs import normalize_images
 from bench.models.image_encoders import ImageEncoderConfig, build_image_encoder
-from bench.models.text_head import build_text_head
+from bench.models.heads import build_head
 
 IMAGE_PREFIXES = ("image_encoder.", "image_projection.")
 TEXT_PREFIXES = ("text_head.",)
@@ -25,12 +26,14 @@ TEXT_PREFIXES = ("text_head.",)
 @dataclass(frozen=True)
 class ModelConfig:
     """embed_dim None: the text head projects straight into the image feature space (as in the
-    paper, where the image side has no head); an integer adds a linear image projection."""
+    paper, where the image side has no head); an integer adds an image projection, a Linear
+    layer or (``image_head: residual``) the same residual MLP as the text head (no dropout)."""
 
     image_encoder: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
     text_head: Literal["residual", "linear"] = "residual"
     text_dropout: float = 0.1
     embed_dim: int | None = None
+    image_head: Literal["linear", "residual"] = field(default="linear", metadata={"omit_if_default": True})
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.text_dropout < 1.0:
@@ -40,27 +43,53 @@ class ModelConfig:
 
 
 class Student(nn.Module):
+    """Image encoder (+ optional image projection) and text head into one embedding space.
+
+    With a frozen image tower (``image_encoder.freeze``) the tower is a fixed feature
+    extractor: it stays in eval mode whatever mode the student is in, so its features of an
+    image never change, and trainers may compute them once (:meth:`forward` with
+    ``from_features=True`` then takes those features instead of images)."""
+
     def __init__(self, cfg: ModelConfig, resolution: int, text_dim: int) -> None:
         super().__init__()
         self.image_encoder = build_image_encoder(cfg.image_encoder, resolution)
+        self.frozen_tower = cfg.image_encoder.freeze
         feature_dim = self.image_encoder.out_dim
+        if self.frozen_tower and cfg.embed_dim is None:
+            raise ValueError("a frozen image tower (image_encoder.freeze) needs a trainable image projection: "
+                             "set model.embed_dim")
         if cfg.embed_dim is None:
             self.image_projection: nn.Module = nn.Identity()
             embed_dim = feature_dim
         else:
-            self.image_projection = nn.Linear(feature_dim, cfg.embed_dim)
+            self.image_projection = build_head(cfg.image_head, feature_dim, cfg.embed_dim, 0.0)
             embed_dim = cfg.embed_dim
-        self.text_head = build_text_head(cfg.text_head, text_dim, embed_dim, cfg.text_dropout)
+        self.text_head = build_head(cfg.text_head, text_dim, embed_dim, cfg.text_dropout)
         self.embed_dim = embed_dim
 
+    def train(self, mode: bool = True) -> Student:
+        super().train(mode)
+        if self.frozen_tower:
+            self.image_encoder.eval()
+        return self
+
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The image tower's output (before the projection)."""
+        return self.image_encoder(images)
+
+    def embed_features(self, features: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.image_projection(features), dim=-1)
+
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.image_projection(self.image_encoder(images)), dim=-1)
+        return self.embed_features(self.image_features(images))
 
     def encode_texts(self, text_emb: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.text_head(text_emb), dim=-1)
 
-    def forward(self, images: torch.Tensor, text_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.encode_images(images), self.encode_texts(text_emb)
+    def forward(self, images: torch.Tensor, text_emb: torch.Tensor,
+                from_features: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        image_emb = self.embed_features(images) if from_features else self.encode_images(images)
+        return image_emb, self.encode_texts(text_emb)
 
     def trainable_parameters(self) -> dict[str, torch.Tensor]:
         return {name: p for name, p in self.named_parameters() if p.requires_grad}
@@ -80,11 +109,21 @@ def build_student(cfg: ModelConfig, resolution: int, text_dim: int, seed: int) -
         return Student(cfg, resolution, text_dim)
 
 
+@torch.no_grad()
+def tower_features(student: Student, images: torch.Tensor, device: torch.device, batch_size: int = 512) -> torch.Tensor:
+    """The image tower's features of ``images`` (model input, or uint8 pixels), in chunks, on
+    ``device``: what a trainer computes once for a frozen tower instead of at every step."""
+    chunks = [student.image_features(normalize_images(images[i:i + batch_size].to(device)))
+              for i in range(0, images.shape[0], batch_size)]
+    return torch.cat(chunks)
+
+
 def functional_embed(
-    student: Student, params: Mapping[str, torch.Tensor], images: torch.Tensor, text_emb: torch.Tensor
+    student: Student, params: Mapping[str, torch.Tensor], images: torch.Tensor, text_emb: torch.Tensor,
+    from_features: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The student's forward with ``params`` in place of its own (buffers stay the module's)."""
-    return torch.func.functional_call(student, dict(params), (images, text_emb))
+    return torch.func.functional_call(student, dict(params), (images, text_emb), {"from_features": from_features})
 
 
 def contrastive_loss(

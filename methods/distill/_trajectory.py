@@ -3,25 +3,57 @@ images / texts they learn, so each variant module is a two-line subclass of this
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar
 
 import numpy as np
+import torch
+from torch.nn import functional as F
 
+from bench.augment import Augmentation
 from bench.data.pairs import PairSet, normalize_images
 from bench.matching import LearnedTensor, MatchingConfig, MatchingState, TrajectoryMatcher, run_key, step_sizes
 from bench.methods_api import Method, MethodContext, MethodOutput, check_budget
 from bench.models.student import build_student
 
 
-def synthetic_start(real: PairSet, cfg: MatchingConfig, learn_images: bool, learn_texts: bool
-                    ) -> dict[str, LearnedTensor]:
-    """Images (model-input space), text vectors and step sizes, initialised from real pairs."""
+def synthetic_start(real: PairSet, cfg: MatchingConfig, learn_images: bool, learn_texts: bool,
+                    text_scale: float = 1.0) -> dict[str, LearnedTensor]:
+    """Images (model-input space), text vectors and step sizes, initialised from real pairs.
+    ``text_scale``: the mean squared norm of the encoder's caption vectors (for
+    ``text_lr_relative``)."""
+    texts = real.text_emb.float()
+    lr_txt = cfg.lr_txt * (text_scale if cfg.text_lr_relative else 1.0)
     return {
         "images": LearnedTensor(normalize_images(real.images[real.image_index]).float(), cfg.lr_img,
                                 cfg.momentum, learn_images),
-        "texts": LearnedTensor(real.text_emb.float(), cfg.lr_txt, cfg.momentum, learn_texts),
+        "texts": LearnedTensor(texts, lr_txt, cfg.momentum, learn_texts,
+                               keep_norms(texts.norm(dim=1, keepdim=True)) if cfg.text_sphere else None),
         "lrs": step_sizes(cfg.syn_lr_init, cfg.lr_lr, cfg.momentum),
     }
+
+
+def keep_norms(norms: torch.Tensor) -> Callable[[torch.Tensor], None]:
+    """A projection that rescales each row to its norm in ``norms`` (n, 1)."""
+
+    def project(t: torch.Tensor) -> None:
+        t.mul_(norms.to(t.device, t.dtype) / t.norm(dim=1, keepdim=True).clamp_min(1e-12))
+
+    return project
+
+
+def text_drift(texts: torch.Tensor, real_texts: torch.Tensor, init: np.ndarray) -> dict[str, float]:
+    """How far distilled text vectors went from the captions they started from: the fraction
+    whose nearest real caption (cosine) is still their own, their mean cosine to it, and their
+    mean norm (the real captions' mean norm beside it)."""
+    distilled = F.normalize(texts.float(), dim=1)
+    bank = F.normalize(real_texts.float(), dim=1)
+    start = torch.as_tensor(init, dtype=torch.int64)
+    nearest = torch.cat([(distilled[i:i + 256] @ bank.T).argmax(dim=1) for i in range(0, len(distilled), 256)])
+    return {"nearest_is_start": float((nearest == start).float().mean()),
+            "cosine_to_start": float((distilled * bank[start]).sum(dim=1).mean()),
+            "norm_mean": float(texts.float().norm(dim=1).mean()),
+            "real_norm_mean": float(real_texts.float().norm(dim=1).mean())}
 
 
 class TrajectoryMatching(Method):
@@ -30,11 +62,12 @@ class TrajectoryMatching(Method):
     learn_images: ClassVar[bool]
     learn_texts: ClassVar[bool]
 
-    def learned(self, real: PairSet) -> dict[str, LearnedTensor]:
-        return synthetic_start(real, self.params, self.learn_images, self.learn_texts)
+    def learned(self, real: PairSet, text_scale: float = 1.0) -> dict[str, LearnedTensor]:
+        return synthetic_start(real, self.params, self.learn_images, self.learn_texts, text_scale)
 
     def matcher(self, ctx: MethodContext, student, buffer, checkpoint) -> TrajectoryMatcher:  # noqa: ANN001
-        return TrajectoryMatcher(student, buffer, self.params, ctx.device, checkpoint=checkpoint)
+        augment = None if self.params.augment is None else Augmentation(self.params.augment)
+        return TrajectoryMatcher(student, buffer, self.params, ctx.device, augment=augment, checkpoint=checkpoint)
 
     def run(self, ctx: MethodContext, budget: int, seed: int) -> MethodOutput:
         check_budget(budget, ctx.n_pairs)
@@ -46,10 +79,13 @@ class TrajectoryMatching(Method):
         student = build_student(ctx.model_cfg, ctx.data.train.resolution, ctx.data.text_dim, seed)
         key = run_key(self.name, ctx.data.key, buffer.key, self.params, budget, seed, init.tolist())
         checkpoint = ctx.cache_dir / "distill" / f"{ctx.data.name}-{self.name}-{key}.pt"
-        state = self.matcher(ctx, student, buffer, checkpoint).run(self.learned(real), seed, key, progress=ctx.progress)
-        return self.output(state, init, buffer)
+        text_scale = float(ctx.data.text_emb["train"].float().square().sum(dim=1).mean())
+        learned = self.learned(real, text_scale)
+        state = self.matcher(ctx, student, buffer, checkpoint).run(learned, seed, key, progress=ctx.progress)
+        return self.output(state, init, buffer, ctx.data.text_emb["train"])
 
-    def output(self, state: MatchingState, init: np.ndarray, buffer) -> MethodOutput:  # noqa: ANN001
+    def output(self, state: MatchingState, init: np.ndarray, buffer, real_texts: torch.Tensor  # noqa: ANN001
+               ) -> MethodOutput:
         lrs = state.tensors["lrs"]
         learned_lrs = {"image": float(lrs[0]), "text": float(lrs[1])}
         return MethodOutput(
@@ -57,5 +93,6 @@ class TrajectoryMatching(Method):
             learned_lrs=learned_lrs,
             info={"matching_loss": state.losses, "init_indices": init.tolist(), "iterations": state.iteration,
                   "learned_lrs": learned_lrs, "expert_buffer_bytes": buffer.size_bytes(),
-                  "matching_seconds": round(state.seconds, 3), "resumes": state.resumes},
+                  "matching_seconds": round(state.seconds, 3), "resumes": state.resumes,
+                  "text_drift": text_drift(state.tensors["texts"], real_texts, init)},
         )
