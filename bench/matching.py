@@ -61,6 +61,15 @@ class MatchingConfig:
     augment: a differentiable augmentation of each inner step's images (:mod:`bench.augment`),
     drawn from the step's seed; usually the one the experts trained with.
 
+    merge_sides: one normalised distance over all parameters instead of one per side and their
+    sum (LoRS's ``--merge_loss_branches``, used for COCO).
+
+    max_update: a trust region for every learned tensor (images, texts, step sizes): one
+    iteration's gradient step moves it by at most this fraction of its norm (the gradient is
+    scaled down when it would move it further). The matching loss is steep where the unrolled
+    student overshoots, and a single spike of its gradient can throw the step sizes and the
+    text vectors far off, after which the set never recovers; None = no limit, as in MTT.
+
     Text vectors live in the frozen encoder's space, whose scale depends on the encoder
     (unit norm for MiniLM, norm ~15 for BERT's [CLS]). text_lr_relative: ``lr_txt`` is in units
     of that scale: it is multiplied by the mean squared norm of the real caption vectors (the
@@ -86,6 +95,8 @@ class MatchingConfig:
     precision: Precision = field(default="fp32", metadata={"omit_if_default": True})
     expert_snapshots: Literal["auto", "device", "host"] = field(default="auto", metadata={"omit_if_default": True})
     augment: AugmentConfig | None = field(default=None, metadata={"omit_if_default": True})
+    max_update: float | None = field(default=None, metadata={"omit_if_default": True})
+    merge_sides: bool = field(default=False, metadata={"omit_if_default": True})
     text_lr_relative: bool = field(default=False, metadata={"omit_if_default": True})
     text_sphere: bool = field(default=False, metadata={"omit_if_default": True})
 
@@ -110,13 +121,24 @@ class MatchingConfig:
 class LearnedTensor:
     """A tensor the matcher holds: learned by SGD with its own ``lr`` and ``momentum`` (or held
     fixed when ``learn`` is False), then passed through ``project`` (in place, no grad) after
-    every update, e.g. to keep step sizes non-negative or text vectors on the unit sphere."""
+    every update, e.g. to keep step sizes non-negative or text vectors on the unit sphere.
+    ``max_update``: a trust region; the gradient is scaled down so that ``lr * ||grad||`` is at
+    most this fraction of ``||value||`` (None: no limit)."""
 
     value: torch.Tensor
     lr: float = 0.0
     momentum: float = 0.0
     learn: bool = True
     project: Callable[[torch.Tensor], None] | None = None
+    max_update: float | None = None
+
+
+def clip_to_trust_region(grad: torch.Tensor, value: torch.Tensor, lr: float, max_update: float) -> torch.Tensor:
+    """``grad`` scaled so that an SGD step of ``lr`` moves ``value`` by at most ``max_update``
+    of its norm (unchanged when it already does)."""
+    step = lr * grad.norm()
+    limit = max_update * value.detach().norm()
+    return grad * (limit / step) if step > limit else grad
 
 
 def non_negative(t: torch.Tensor) -> None:
@@ -124,9 +146,9 @@ def non_negative(t: torch.Tensor) -> None:
     t.clamp_(min=0.0)
 
 
-def step_sizes(init: float, lr: float, momentum: float) -> LearnedTensor:
+def step_sizes(init: float, lr: float, momentum: float, max_update: float | None = None) -> LearnedTensor:
     """The learnable (image-side, text-side) step sizes of the unrolled SGD."""
-    return LearnedTensor(torch.full((2,), float(init)), lr, momentum, True, non_negative)
+    return LearnedTensor(torch.full((2,), float(init)), lr, momentum, True, non_negative, max_update)
 
 
 @dataclass
@@ -199,7 +221,7 @@ class TrajectoryMatcher:
         self.layout = ParamLayout.of(student)
         self.dtype = next(iter(student.trainable_parameters().values())).dtype
         self.steps = InnerSteps(self.student, self.layout, inner_loss or contrastive_inner_loss(cfg.inner_logit_scale),
-                                augment, cfg.precision)
+                                augment, cfg.precision, cfg.merge_sides)
         self.snapshots = ExpertSnapshots(buffer, self.layout, cfg, device, self.dtype)
 
     # ----------------------------------------------------------------- one iteration
@@ -262,6 +284,9 @@ class TrajectoryMatcher:
         """One iteration: meta-gradients, the optimiser step, the projections; the loss."""
         loss, grads = self.meta_gradients(tensors, seed, it)
         for name, grad in grads.items():
+            spec = learned[name]
+            if spec.max_update is not None:
+                grad = clip_to_trust_region(grad, tensors[name], spec.lr, spec.max_update)
             tensors[name].grad = grad
         opt.step()
         with torch.no_grad():

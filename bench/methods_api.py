@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from bench.data.datasets import PreparedDataset
-from bench.data.pairs import PairSet
+from bench.data.pairs import PairSet, SoftTargets
 from bench.models.student import ModelConfig
 
 if TYPE_CHECKING:  # real types for plugin authors, without importing training code here
@@ -36,18 +36,22 @@ class NoParams:
 
 @dataclass(frozen=True)
 class MethodOutput:
-    """pairs: what to train on. learned_lrs: {'image': .., 'text': ..} to use instead of the
-    evaluation recipe's learning rates. soft_targets: optional (n, n) similarity targets.
+    """pairs: what to train on (with its soft targets, if the method learned any:
+    ``PairSet.synthetic(images, texts, SoftTargets(matrix, loss))``). learned_lrs:
+    {'image': .., 'text': ..} to use instead of the evaluation recipe's learning rates.
     info: small JSON-serialisable facts worth recording (e.g. a final matching loss)."""
 
     pairs: PairSet
     learned_lrs: dict[str, float] | None = None
-    soft_targets: torch.Tensor | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
     def source_indices(self) -> torch.Tensor | None:
         return self.pairs.source_indices
+
+    @property
+    def soft_targets(self) -> SoftTargets | None:
+        return self.pairs.soft_targets
 
 
 class MethodContext:

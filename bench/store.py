@@ -158,7 +158,8 @@ class ResultStore:
         return torch_save_atomic(self.set_path(cell), {
             "images": pairs.images, "image_index": pairs.image_index, "text_emb": pairs.text_emb,
             "source_indices": pairs.source_indices, "learned_lrs": output.learned_lrs,
-            "soft_targets": output.soft_targets, "info": output.info,
+            "soft_targets": None if pairs.soft_targets is None else pairs.soft_targets.matrix,
+            "soft_target_loss": None if pairs.soft_targets is None else pairs.soft_targets.loss, "info": output.info,
         })
 
     def load_set(self, cell: Cell | str) -> dict[str, Any]:

@@ -13,7 +13,8 @@ import torch
 
 from bench.augment import AugmentConfig, augment_batch
 from bench.data.pairs import PairSet
-from bench.models.student import Student, contrastive_loss, tower_features
+from bench.models.losses import contrastive_loss
+from bench.models.student import Student, tower_features
 from bench.progress import make_progress
 
 
@@ -90,6 +91,7 @@ def train_student(
     description: str = "training",
 ) -> TrainStats:
     """Train in place. Shuffling and dropout depend only on ``seed`` (global RNG untouched).
+    A set with soft targets trains against their block for each batch (hard targets otherwise).
 
     ``on_epoch_end(epoch, student)`` runs after every epoch (1-based); expert recording
     hooks in here instead of owning a copy of this loop; ``on_batch_end(indices, logits)``
@@ -102,6 +104,7 @@ def train_student(
     cached = student.frozen_tower and cfg.augment is None
     features = tower_features(student, pairs.images, device) if cached else None
     augment_gen = torch.Generator().manual_seed(int(np.random.default_rng([seed, 1]).integers(2**62)))
+    targets = pairs.soft_targets
     optimizer = make_optimizer(student, cfg)
     shuffle = torch.Generator().manual_seed(seed)
     n_batches = math.ceil(len(pairs) / cfg.batch_size)
@@ -126,7 +129,10 @@ def train_student(
                     image_emb, text_emb = student(images, texts, from_features=features is not None)
                 if cfg.precision == "bf16":  # the loss in float32
                     image_emb, text_emb = image_emb.float(), text_emb.float()
-                loss = contrastive_loss(image_emb, text_emb, cfg.logit_scale)
+                if targets is None:
+                    loss = contrastive_loss(image_emb, text_emb, cfg.logit_scale)
+                else:
+                    loss = contrastive_loss(image_emb, text_emb, cfg.logit_scale, targets.block(batch, device), targets.loss)
                 if on_batch_end is not None:
                     on_batch_end(batch, (image_emb @ text_emb.T).detach())
                 optimizer.zero_grad(set_to_none=True)

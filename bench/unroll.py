@@ -37,7 +37,8 @@ from typing import Literal, Protocol
 import torch
 
 from bench.flat_params import ParamLayout
-from bench.models.student import Student, contrastive_loss, functional_embed
+from bench.models.losses import contrastive_loss
+from bench.models.student import Student, functional_embed
 
 MemoryMode = Literal["unrolled", "recompute"]
 Precision = Literal["fp32", "bf16"]
@@ -93,12 +94,14 @@ class StepPlan:
 
 
 def matching_distance(final: torch.Tensor, start: torch.Tensor, target: torch.Tensor,
-                      layout: ParamLayout) -> torch.Tensor:
+                      layout: ParamLayout, merge_sides: bool = False) -> torch.Tensor:
     """Sum over the image and the text side of ||final - target||^2 / ||start - target||^2
-    (0: both targets hit; 2: the student did not move)."""
+    (0: both targets hit; 2: the student did not move). ``merge_sides``: one ratio over all
+    parameters instead (LoRS's ``--merge_loss_branches``; 1 = did not move), which weighs each
+    side by how far its expert moved."""
     num = layout.side_sums((final - target) ** 2)
     den = layout.side_sums((start - target) ** 2).clamp_min(1e-12)
-    return (num / den).sum()
+    return num.sum() / den.sum() if merge_sides else (num / den).sum()
 
 
 class InnerSteps:
@@ -109,12 +112,13 @@ class InnerSteps:
     (``from_features``), computed once per iteration by the matcher."""
 
     def __init__(self, student: Student, layout: ParamLayout, inner_loss: InnerLoss,
-                 augment: Augment | None = None, precision: Precision = "fp32") -> None:
+                 augment: Augment | None = None, precision: Precision = "fp32", merge_sides: bool = False) -> None:
         self.student = student
         self.layout = layout
         self.inner_loss = inner_loss
         self.augment = augment
         self.precision = precision
+        self.merge_sides = merge_sides
         self.from_features = student.frozen_tower and augment is None
 
     def autocast(self, device: torch.device) -> contextlib.AbstractContextManager[object]:
@@ -152,7 +156,7 @@ def unrolled_meta_gradients(steps: InnerSteps, start: torch.Tensor, target: torc
     current = theta
     for batch, seed in zip(plan.batches, plan.seeds):
         current = current - step_sizes * steps.gradient(current, tensors, batch, seed, create_graph=True)
-    loss = matching_distance(current, start, target, steps.layout)
+    loss = matching_distance(current, start, target, steps.layout, steps.merge_sides)
     names = _learned(tensors) + (["lrs"] if lrs.requires_grad else [])
     grads = torch.autograd.grad(loss, [tensors[n] for n in names], allow_unused=True)
     return loss.detach(), {n: torch.zeros_like(tensors[n]) if g is None else g for n, g in zip(names, grads)}
@@ -172,7 +176,7 @@ def recompute_meta_gradients(steps: InnerSteps, start: torch.Tensor, target: tor
         iterates[-1] = theta.detach()
         iterates.append(iterates[-1] - step_sizes * grad)
     final = iterates.pop().requires_grad_(True)
-    loss = matching_distance(final, start, target, layout)
+    loss = matching_distance(final, start, target, layout, steps.merge_sides)
     (adjoint,) = torch.autograd.grad(loss, final)
 
     names = _learned(tensors)

@@ -54,7 +54,8 @@ from bench.env import format_machine, pick_device  # noqa: E402
 from bench.grid import GridConfig, load_grid  # noqa: E402
 from bench.matching import LearnedTensor, MatchingConfig, TrajectoryMatcher, step_sizes  # noqa: E402
 from bench.measure import measure  # noqa: E402
-from bench.models.student import ModelConfig, Student, build_student, contrastive_loss  # noqa: E402
+from bench.models.losses import contrastive_loss  # noqa: E402
+from bench.models.student import ModelConfig, Student, build_student  # noqa: E402
 from benchmarks._towers import add_vit_arguments, describe_vit, tower_models  # noqa: E402
 from benchmarks.original_loop import original_meta_gradients  # noqa: E402
 

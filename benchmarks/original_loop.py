@@ -22,7 +22,8 @@ from __future__ import annotations
 import torch
 
 from bench.flat_params import ParamLayout
-from bench.models.student import Student, contrastive_loss, functional_embed
+from bench.models.losses import contrastive_loss
+from bench.models.student import Student, functional_embed
 from bench.unroll import StepPlan
 
 

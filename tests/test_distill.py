@@ -174,6 +174,12 @@ def test_matching_loss_is_the_normalised_distance_per_modality(env):
     # Reaching the target costs nothing; staying at the start costs 1 per modality.
     assert float(matching_distance(flat["target"], flat["start"], flat["target"], layout)) == 0.0
     assert float(matching_distance(flat["start"], flat["start"], flat["target"], layout)) == pytest.approx(2.0, rel=1e-6)
+    # Merged: one ratio over both sides (LoRS's --merge_loss_branches); not moving costs 1.
+    whole = {k: v.double() for k, v in flat.items()}
+    merged = float(((whole["final"] - whole["target"]) ** 2).sum() / ((whole["start"] - whole["target"]) ** 2).sum())
+    got_merged = matching_distance(flat["final"], flat["start"], flat["target"], layout, merge_sides=True)
+    assert float(got_merged) == pytest.approx(merged, rel=1e-5) and abs(merged - expected) > 0.01
+    assert float(matching_distance(flat["start"], flat["start"], flat["target"], layout, True)) == pytest.approx(1.0)
 
 
 def test_the_flat_layout_round_trips_and_puts_the_image_side_first(env):
@@ -256,7 +262,7 @@ def test_dropout_masks_follow_the_step_seed(env):
 def test_a_method_supplied_inner_loss_and_tensor_get_exact_gradients(env):
     """An inner loss reading an extra learned tensor (here a learned logit scale, the shape of
     LoRS's similarity parameters): both modes reach it, with the same gradient."""
-    from bench.models.student import contrastive_loss
+    from bench.models.losses import contrastive_loss
 
     def scaled(image_emb, text_emb, batch, tensors):
         return contrastive_loss(image_emb, text_emb, 1.0) * 0 + contrastive_loss(
@@ -459,7 +465,8 @@ def test_distill_cell_through_the_runner(env):
     assert record["kind"] == "distillation" and record["n_pairs"] == 10
     lrs = record["learned_lrs"]
     assert set(lrs) == {"image", "text"} and all(v >= 0 for v in lrs.values())
-    assert lrs != {"image": 0.1, "text": 0.1}  # the step sizes were learned
+    start = MatchingConfig().syn_lr_init  # the step sizes start here (the params leave it at its default)
+    assert lrs["image"] != start and lrs["text"] != start  # and were learned
     assert [(s["lr_image"], s["lr_text"]) for s in record["per_seed"]] == [(lrs["image"], lrs["text"])] * 2
     info = record["method_info"]
     assert len(info["matching_loss"]) == 5 and info["iterations"] == 5

@@ -7,7 +7,8 @@ import torch
 
 from bench.data.pairs import PairSet
 from bench.models.image_encoders import ImageEncoderConfig, build_image_encoder
-from bench.models.student import ModelConfig, build_student, contrastive_loss, functional_embed
+from bench.models.losses import contrastive_loss
+from bench.models.student import ModelConfig, build_student, functional_embed
 from bench.train import TrainConfig, train_student
 from tests.hf_helpers import save_tiny, tiny_models
 

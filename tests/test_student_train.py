@@ -6,7 +6,8 @@ import torch
 
 from bench.data.pairs import PairSet, denormalize_images, normalize_images
 from bench.models.image_encoders import ImageEncoderConfig
-from bench.models.student import ModelConfig, build_student, contrastive_loss, functional_embed
+from bench.models.losses import contrastive_loss
+from bench.models.student import ModelConfig, build_student, functional_embed
 from bench.train import TrainConfig, train_student
 
 SMALL = ModelConfig(image_encoder=ImageEncoderConfig(width=8, depth=2))

@@ -9,6 +9,7 @@ float tensors in the normalised input space.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -32,14 +33,30 @@ def denormalize_images(images: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
+class SoftTargets:
+    """Learned similarity targets of a set: ``matrix[i, j]`` is how similar pair i's image
+    should be to pair j's text (the identity = the usual hard targets), and the loss that
+    trains against them (``bench.models.losses``: 'infonce' or 'wbce')."""
+
+    matrix: torch.Tensor
+    loss: Literal["infonce", "wbce"]
+
+    def block(self, batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """The targets among the pairs of ``batch`` (rows: images, columns: texts)."""
+        return self.matrix[batch][:, batch].to(device, non_blocking=True)
+
+
+@dataclass(frozen=True)
 class PairSet:
     """images (m, 3, H, W) uint8 or float; image_index (n,) into images; text_emb (n, d).
-    source_indices: the train pair indices when the pairs are real (None when synthetic)."""
+    source_indices: the train pair indices when the pairs are real (None when synthetic).
+    soft_targets: learned (n, n) similarity targets to train with (None: hard targets)."""
 
     images: torch.Tensor
     image_index: torch.Tensor
     text_emb: torch.Tensor
     source_indices: torch.Tensor | None = None
+    soft_targets: SoftTargets | None = None
 
     def __post_init__(self) -> None:
         n = self.image_index.shape[0]
@@ -47,6 +64,9 @@ class PairSet:
             raise ValueError(f"text_emb must be (n_pairs={n}, d), got {tuple(self.text_emb.shape)}")
         if n and (int(self.image_index.min()) < 0 or int(self.image_index.max()) >= self.images.shape[0]):
             raise ValueError("image_index points outside images")
+        if self.soft_targets is not None and tuple(self.soft_targets.matrix.shape) != (n, n):
+            raise ValueError(f"soft targets must be (n_pairs, n_pairs) = ({n}, {n}), "
+                             f"got {tuple(self.soft_targets.matrix.shape)}")
 
     def __len__(self) -> int:
         return int(self.image_index.shape[0])
@@ -56,8 +76,8 @@ class PairSet:
         return normalize_images(images), self.text_emb[indices].to(device, non_blocking=True)
 
     @staticmethod
-    def synthetic(images: torch.Tensor, text_emb: torch.Tensor) -> PairSet:
-        return PairSet(images, torch.arange(images.shape[0]), text_emb)
+    def synthetic(images: torch.Tensor, text_emb: torch.Tensor, soft_targets: SoftTargets | None = None) -> PairSet:
+        return PairSet(images, torch.arange(images.shape[0]), text_emb, soft_targets=soft_targets)
 
 
 def real_pairs(split: Split, text_emb: torch.Tensor, indices: torch.Tensor | None = None) -> PairSet:

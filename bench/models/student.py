@@ -124,12 +124,3 @@ def functional_embed(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The student's forward with ``params`` in place of its own (buffers stay the module's)."""
     return torch.func.functional_call(student, dict(params), (images, text_emb), {"from_features": from_features})
-
-
-def contrastive_loss(
-    image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: float
-) -> torch.Tensor:
-    """Symmetric InfoNCE over a batch of aligned (image i, text i) pairs."""
-    logits = logit_scale * image_emb @ text_emb.T
-    targets = torch.arange(logits.shape[0], device=logits.device)
-    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))

@@ -29,11 +29,27 @@ def display_captions(data: PreparedDataset, output: MethodOutput, n: int) -> lis
     return [f"≈ {captions[int(i)]}" for i in (emb @ bank.T).argmax(dim=1)]
 
 
+def strongest_targets(output: MethodOutput, n: int) -> list[str]:
+    """For each of the first ``n`` pairs of a set with soft targets: the other pair whose text
+    its image is most strongly targeted at, e.g. "+ #7 0.42" ("" without soft targets)."""
+    targets = output.pairs.soft_targets
+    if targets is None:
+        return [""] * n
+    matrix = targets.matrix.detach().float().clone()
+    matrix.fill_diagonal_(float("-inf"))
+    if matrix.shape[0] < 2:
+        return [""] * n
+    values, columns = matrix[:n].max(dim=1)
+    return [f"+ #{int(j)} {float(v):.2f}" for v, j in zip(values, columns)]
+
+
 def write_pictures(store: ResultStore, cell_id: str, data: PreparedDataset, output: MethodOutput) -> None:
-    """``pictures/<cell>.png`` and, when the method reports ``matching_loss``, ``<cell>_loss.png``."""
+    """``pictures/<cell>.png`` and, when the method reports ``matching_loss``, ``<cell>_loss.png``.
+    A set with soft targets shows, under each pair, its strongest off-diagonal target."""
     n = min(N_SHOWN, len(output.pairs))
     images = output.pairs.images[output.pairs.image_index[:n]]
-    save_pair_grid(images, display_captions(data, output, n), store.picture_path(cell_id), title=cell_id, n=n)
+    captions = [f"{c} [{t}]" if t else c for c, t in zip(display_captions(data, output, n), strongest_targets(output, n))]
+    save_pair_grid(images, captions, store.picture_path(cell_id), title=cell_id, n=n)
     if "matching_loss" in output.info:
         plot_matching_loss(output.info["matching_loss"], store.picture_path(cell_id, "loss"),
                            title=f"{cell_id}: matching loss")

@@ -15,6 +15,7 @@ from bench.data.pairs import PairSet, normalize_images
 from bench.matching import LearnedTensor, MatchingConfig, MatchingState, TrajectoryMatcher, run_key, step_sizes
 from bench.methods_api import Method, MethodContext, MethodOutput, check_budget
 from bench.models.student import build_student
+from bench.unroll import InnerLoss
 
 
 def synthetic_start(real: PairSet, cfg: MatchingConfig, learn_images: bool, learn_texts: bool,
@@ -26,10 +27,11 @@ def synthetic_start(real: PairSet, cfg: MatchingConfig, learn_images: bool, lear
     lr_txt = cfg.lr_txt * (text_scale if cfg.text_lr_relative else 1.0)
     return {
         "images": LearnedTensor(normalize_images(real.images[real.image_index]).float(), cfg.lr_img,
-                                cfg.momentum, learn_images),
+                                cfg.momentum, learn_images, max_update=cfg.max_update),
         "texts": LearnedTensor(texts, lr_txt, cfg.momentum, learn_texts,
-                               keep_norms(texts.norm(dim=1, keepdim=True)) if cfg.text_sphere else None),
-        "lrs": step_sizes(cfg.syn_lr_init, cfg.lr_lr, cfg.momentum),
+                               keep_norms(texts.norm(dim=1, keepdim=True)) if cfg.text_sphere else None,
+                               cfg.max_update),
+        "lrs": step_sizes(cfg.syn_lr_init, cfg.lr_lr, cfg.momentum, cfg.max_update),
     }
 
 
@@ -62,12 +64,18 @@ class TrajectoryMatching(Method):
     learn_images: ClassVar[bool]
     learn_texts: ClassVar[bool]
 
-    def learned(self, real: PairSet, text_scale: float = 1.0) -> dict[str, LearnedTensor]:
+    def learned(self, real: PairSet, text_scale: float = 1.0, seed: int = 0) -> dict[str, LearnedTensor]:
+        """What the matcher learns (a subclass adds its own tensors here)."""
         return synthetic_start(real, self.params, self.learn_images, self.learn_texts, text_scale)
+
+    def inner_loss(self) -> InnerLoss | None:
+        """The loss of the unrolled steps (None: the matcher's contrastive loss)."""
+        return None
 
     def matcher(self, ctx: MethodContext, student, buffer, checkpoint) -> TrajectoryMatcher:  # noqa: ANN001
         augment = None if self.params.augment is None else Augmentation(self.params.augment)
-        return TrajectoryMatcher(student, buffer, self.params, ctx.device, augment=augment, checkpoint=checkpoint)
+        return TrajectoryMatcher(student, buffer, self.params, ctx.device, inner_loss=self.inner_loss(),
+                                 augment=augment, checkpoint=checkpoint)
 
     def run(self, ctx: MethodContext, budget: int, seed: int) -> MethodOutput:
         check_budget(budget, ctx.n_pairs)
@@ -80,7 +88,7 @@ class TrajectoryMatching(Method):
         key = run_key(self.name, ctx.data.key, buffer.key, self.params, budget, seed, init.tolist())
         checkpoint = ctx.cache_dir / "distill" / f"{ctx.data.name}-{self.name}-{key}.pt"
         text_scale = float(ctx.data.text_emb["train"].float().square().sum(dim=1).mean())
-        learned = self.learned(real, text_scale)
+        learned = self.learned(real, text_scale, seed)
         state = self.matcher(ctx, student, buffer, checkpoint).run(learned, seed, key, progress=ctx.progress)
         return self.output(state, init, buffer, ctx.data.text_emb["train"])
 

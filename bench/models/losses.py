@@ -1,0 +1,47 @@
+"""The contrastive loss every student trains with, with hard or soft targets.
+
+Hard targets (the default): symmetric InfoNCE with the pairs of the batch as positives, the
+CLIP objective. Soft targets: a method may supply, for each pair of its set, how similar its
+image should be to every caption (LoRS learns such a matrix); the loss then takes the block of
+that matrix that belongs to the batch, in one of two forms (after LoRS, Xu et al., ICML 2024):
+
+* ``infonce``: symmetric cross-entropy of the softmax over a row (a column) of logits against
+  that row (column) of the targets, taken as weights (not renormalised: the identity gives
+  exactly the hard loss);
+* ``wbce``: binary cross-entropy of sigmoid(logit) against each target, averaged separately
+  over the "positive" entries (target > 0.5) and the others and then over the two, so that the
+  n - 1 negatives of a row do not drown its positive.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch.nn import functional as F
+
+TargetLoss = Literal["infonce", "wbce"]
+
+
+def contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: float,
+                     targets: torch.Tensor | None = None, kind: TargetLoss = "infonce") -> torch.Tensor:
+    """The loss of a batch of aligned (image i, text i) pairs; ``targets`` (b, b): soft targets
+    of image i with text j (None: the identity)."""
+    logits = logit_scale * image_emb @ text_emb.T
+    if targets is None and kind == "infonce":
+        labels = torch.arange(logits.shape[0], device=logits.device)
+        return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+    if targets is None:
+        targets = torch.eye(logits.shape[0], device=logits.device, dtype=logits.dtype)
+    targets = targets.to(logits.dtype)
+    if kind == "infonce":
+        rows = -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+        cols = -(targets.T * F.log_softmax(logits.T, dim=1)).sum(dim=1).mean()
+        return 0.5 * (rows + cols)
+    if kind == "wbce":
+        per_pair = -(targets * F.logsigmoid(logits) + (1 - targets) * F.logsigmoid(-logits))
+        positive = (targets > 0.5).to(logits.dtype)
+        pos = (per_pair * positive).sum() / positive.sum().clamp_min(1.0)
+        neg = (per_pair * (1 - positive)).sum() / (1 - positive).sum().clamp_min(1.0)
+        return 0.5 * (pos + neg)
+    raise ValueError(f"unknown contrastive loss {kind!r}; expected 'infonce' or 'wbce'")
