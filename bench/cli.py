@@ -147,6 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_arguments(cache)
     cache.add_argument("--prune", action="store_true", help="remove the entries the config does not read")
     cache.set_defaults(func=_cache)
+
+    from bench.tune import add_tune_arguments
+
+    add_tune_arguments(sub.add_parser("tune", parents=[common],
+                                      help="choose a method's parameters per budget on the val split"), str(DEFAULT_CONFIG))
     return parser
 
 

@@ -59,12 +59,27 @@ class ForgettingTracker:
         self._last[idx] = now
 
 
+#: Forgetting scores are degenerate when more than this fraction of the pairs was never learned:
+#: the coreset is then mostly a random draw among them (say so, and train the proxy longer).
+DEGENERATE_NEVER_LEARNED = 0.5
+
+
 @dataclass(frozen=True)
 class ProxyRun:
     features: np.ndarray  # (n_pairs, d_img + d_txt) float32
     forgetting_counts: np.ndarray  # (n_pairs,) int64
     ever_learned: np.ndarray  # (n_pairs,) bool
     info: dict = field(default_factory=dict)
+
+    def forgetting_summary(self) -> dict[str, object]:
+        """How informative the forgetting scores are: the fraction of pairs never learned, the
+        histogram of forgetting counts of the learned ones ({count: pairs}), and whether the
+        scores are degenerate (more than half never learned)."""
+        never = float(1.0 - self.ever_learned.mean()) if len(self.ever_learned) else 0.0
+        values, pairs = np.unique(self.forgetting_counts[self.ever_learned], return_counts=True)
+        return {"never_learned_fraction": round(never, 4),
+                "count_histogram": {str(int(v)): int(c) for v, c in zip(values, pairs)},
+                "epochs": self.info.get("epochs"), "degenerate": never > DEGENERATE_NEVER_LEARNED}
 
 
 def proxy_key(data: PreparedDataset, model_cfg: ModelConfig, train_cfg: TrainConfig, seed: int) -> str:

@@ -5,7 +5,6 @@ first), the shared select contract, registration and the Method.run glue."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ import torch
 
 from bench.data.pairs import PairSet
 from bench.registry import get_method
+from bench.proxy import ProxyRun
 from methods.coresets import forgetting, herding, kcenter
 from methods.coresets import random as random_coreset
 
@@ -255,23 +255,16 @@ def test_registered_as_coreset(name: str) -> None:
     assert get_method(name).kind == "coreset"
 
 
-@dataclass
-class _FakeProxy:
-    features: np.ndarray
-    forgetting_counts: np.ndarray
-    ever_learned: np.ndarray
-
-
 class _FakeContext:
     """Just what the coreset methods read from a MethodContext."""
 
     def __init__(self, n: int = 300) -> None:
         self.n_pairs = n
-        self._proxy = _FakeProxy(_pool(9, n=n), *_forgetting_pool(9, n=n))
+        self._proxy = ProxyRun(_pool(9, n=n), *_forgetting_pool(9, n=n), {"epochs": 3})
         self.images = torch.randint(0, 255, (n, 3, 4, 4), dtype=torch.uint8)
         self.text = torch.randn(n, 5)
 
-    def proxy(self) -> _FakeProxy:
+    def proxy(self) -> ProxyRun:
         return self._proxy
 
     def proxy_features(self) -> np.ndarray:
@@ -306,3 +299,36 @@ def test_method_run_rejects_proxy_of_wrong_size() -> None:
     cls = get_method("herding")
     with pytest.raises(ValueError, match="300 rows"):
         cls(cls.Params()).run(ctx, 5, seed=0)
+
+
+def test_the_proxy_summarises_its_forgetting_scores_and_flags_degenerate_ones() -> None:
+    from bench.proxy import ProxyRun
+
+    counts = np.array([0, 0, 2, 1, 1, 0, 0, 0])
+    learned = np.array([False, False, True, True, True, True, False, False])
+    run = ProxyRun(np.zeros((8, 2), np.float32), counts, learned, {"epochs": 3})
+    summary = run.forgetting_summary()
+    assert summary == {"never_learned_fraction": 0.5, "count_histogram": {"0": 1, "1": 2, "2": 1},
+                       "epochs": 3, "degenerate": False}
+    worse = ProxyRun(run.features, counts, learned & (counts > 1), {"epochs": 1})
+    assert worse.forgetting_summary()["degenerate"] and worse.forgetting_summary()["never_learned_fraction"] == 0.875
+
+
+def test_a_forgetting_cell_warns_about_degenerate_scores_and_records_them(tmp_path) -> None:
+    import json
+    import warnings
+
+    from bench.runner import GridRun
+    from tests.grid_helpers import tiny_grid
+
+    grid = tiny_grid(tmp_path, methods=["forgetting"], include_full=False, proxy={"epochs": 1, "batch_size": 64})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run = GridRun(grid, progress=False).run()
+    assert not run.failed
+    record = json.loads(next((tmp_path / "results" / "records").glob("*forgetting*.json")).read_text())
+    summary = record["method_info"]["proxy_forgetting"]
+    assert 0 <= summary["never_learned_fraction"] <= 1 and summary["epochs"] == 1
+    degenerate = summary["never_learned_fraction"] > 0.5
+    assert summary["degenerate"] == degenerate
+    assert any("degenerate" in str(w.message) for w in caught) == degenerate

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -42,13 +43,20 @@ def select(forgetting_counts: np.ndarray, ever_learned: np.ndarray, budget: int,
 @register("forgetting", "coreset", "most forgotten pairs during proxy training first (never-learned first)")
 class ForgettingCoreset(CoresetMethod):
     uses_proxy = True
+
     def choose(self, ctx: MethodContext, budget: int, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
         proxy = ctx.proxy()
         counts = proxy_rows(ctx, proxy.forgetting_counts, "forgetting counts")
         learned = proxy_rows(ctx, proxy.ever_learned, "ever_learned")
         indices = select(counts, learned, budget, rng)
         picked_learned = indices[learned[indices]]
+        summary = proxy.forgetting_summary()
+        if summary["degenerate"]:
+            warnings.warn(f"forgetting scores are degenerate: {summary['never_learned_fraction']:.0%} of the pairs were "
+                          f"never learned in the {summary['epochs']}-epoch proxy run, so the selection is mostly a random "
+                          "draw among them; train the proxy longer (proxy.epochs)", stacklevel=2)
         return indices, {
             "never_learned_selected": int(len(indices) - len(picked_learned)),
             "lowest_selected_count": int(counts[picked_learned].min()) if len(picked_learned) else None,
+            "proxy_forgetting": summary,
         }
