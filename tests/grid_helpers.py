@@ -6,6 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from bench.config import from_dict
@@ -54,6 +55,25 @@ def tiny_grid(tmp_path: Path, **overrides: Any) -> GridConfig:
     }
     data.update(overrides)
     return from_dict(GridConfig, data)
+
+
+#: Experts for the tiny grid: 15 SGD steps per epoch (300 pairs / 20), about as far as a few
+#: unrolled steps on a synthetic set go, so matching starts near its no-movement baseline.
+TINY_EXPERTS = {"n_experts": 2, "epochs": 3, "batch_size": 20}
+
+
+def distill_env(root: Path) -> SimpleNamespace:
+    """A tiny grid, its prepared data and trained experts (``TINY_EXPERTS``), for matching tests."""
+    import torch
+
+    from bench.experts import ExpertConfig, ensure_experts
+    from bench.runner import prepared
+
+    grid = tiny_grid(root)
+    data = prepared(grid, "embedded")
+    cfg, base = ExpertConfig(**TINY_EXPERTS), grid.evaluation.full_train
+    buffer = ensure_experts(data, grid.model, cfg, base, grid.cache_dir, torch.device("cpu"))
+    return SimpleNamespace(root=root, grid=grid, data=data, cfg=cfg, base=base, buffer=buffer)
 
 
 def records(results: Path) -> dict[str, dict]:

@@ -10,7 +10,6 @@ import torch
 
 from bench.augment import AugmentConfig, Augmentation, augment_batch
 from bench.data.pairs import PairSet
-from bench.env import torch_threads
 from bench.matching import MatchingConfig, TrajectoryMatcher
 from bench.models.image_encoders import ImageEncoderConfig
 from bench.models.student import ModelConfig, build_student
@@ -21,11 +20,7 @@ CPU = torch.device("cpu")
 OFF = AugmentConfig(flip=0.0, shift=0.0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny problems: a second thread only spins (and crawls when the other core is busy)."""
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _images(n=4, res=8, seed=0):

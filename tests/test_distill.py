@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -22,7 +21,7 @@ from safetensors.torch import load_file, save_file
 
 import bench.experts
 from bench.env import torch_threads
-from bench.experts import ExpertConfig, TrajectoryBuffer, ensure_experts, expert_dir, expert_key, open_buffer
+from bench.experts import TrajectoryBuffer, ensure_experts, expert_dir, expert_key, open_buffer
 from bench.flat_params import ParamLayout
 from bench.matching import MatchingConfig, TrajectoryMatcher
 from bench.unroll import matching_distance
@@ -30,26 +29,18 @@ from benchmarks.original_loop import original_meta_gradients
 from methods.distill._trajectory import synthetic_start
 from bench.models.student import build_student
 from bench.registry import get_method
-from bench.runner import GridRun, prepared
-from tests.grid_helpers import tiny_grid
+from bench.runner import GridRun
+from tests.grid_helpers import TINY_EXPERTS, distill_env, tiny_grid
 
 CPU = torch.device("cpu")
-# Experts see 15 SGD steps per epoch (300 pairs / 20): about as far as a few unrolled steps
-# on the synthetic set go, so matching starts near its no-movement baseline of 2.
-EXPERTS = {"n_experts": 2, "epochs": 3, "batch_size": 20}
+EXPERTS = TINY_EXPERTS
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     with torch_threads(1):
-        root = tmp_path_factory.mktemp("distill")
-        grid = tiny_grid(root)
-        data = prepared(grid, "embedded")
-        cfg = ExpertConfig(**EXPERTS)
-        base = grid.evaluation.full_train
-        buffer = ensure_experts(data, grid.model, cfg, base, grid.cache_dir, CPU)
-        yield SimpleNamespace(root=root, grid=grid, data=data, cfg=cfg, base=base, buffer=buffer)
+        yield distill_env(tmp_path_factory.mktemp("distill"))
 
 
 def _student(env, seed: int = 0):
@@ -270,7 +261,7 @@ def test_a_method_supplied_inner_loss_and_tensor_get_exact_gradients(env):
 
     cfg = MatchingConfig(syn_steps=3, batch_syn=5, checkpoint_every=0)
     out = _meta(env, cfg, torch.float64, 0.0, inner_loss=scaled, extra={"scale": torch.tensor(10.0, dtype=torch.float64)})
-    (loss, grads), (loss2, grads2) = out["unrolled"], out["recompute"]
+    (_, grads), (_, grads2) = out["unrolled"], out["recompute"]
     assert set(grads) == set(grads2) == {"images", "texts", "lrs", "scale"}
     assert float(grads["scale"].abs()) > 0
     for name in grads:

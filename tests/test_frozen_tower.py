@@ -9,7 +9,6 @@ import torch
 from safetensors.torch import save_file
 
 from bench.data.pairs import PairSet
-from bench.env import torch_threads
 from bench.matching import MatchingConfig, TrajectoryMatcher
 from bench.models.image_encoders import ImageEncoderConfig
 from bench.models.student import ModelConfig, build_student
@@ -20,10 +19,7 @@ CPU = torch.device("cpu")
 FROZEN = ModelConfig(image_encoder=ImageEncoderConfig(width=4, depth=2, freeze=True), embed_dim=8)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _pairs(seed=0):
@@ -45,8 +41,6 @@ def test_only_the_heads_train_and_the_tower_stays_in_eval_mode():
 
 
 def test_cached_features_train_exactly_like_the_tower_at_every_step(monkeypatch):
-    import bench.models.student
-
     cfg = TrainConfig(epochs=3, batch_size=4, lr_image=0.5, lr_text=0.5)
     cached = build_student(FROZEN, 8, 6, seed=0)
     losses = train_student(cached, _pairs(), cfg, 0, CPU).epoch_losses

@@ -14,35 +14,24 @@ from torch.nn import functional as F
 
 from bench.data.pairs import PairSet, SoftTargets
 from bench.env import torch_threads
-from bench.experts import ExpertConfig, ensure_experts
-from bench.matching import MatchingConfig, TrajectoryMatcher
+from bench.matching import TrajectoryMatcher
 from bench.models.image_encoders import ImageEncoderConfig
 from bench.models.losses import contrastive_loss
 from bench.models.student import ModelConfig, build_student
 from bench.registry import get_method
-from bench.runner import GridRun, prepared
+from bench.runner import GridRun
 from bench.train import TrainConfig, train_student
 from methods.distill.lors import LorsConfig, similarity
-from tests.grid_helpers import tiny_grid
+from tests.grid_helpers import TINY_EXPERTS as EXPERTS, distill_env, tiny_grid
 
 CPU = torch.device("cpu")
-EXPERTS = {"n_experts": 2, "epochs": 3, "batch_size": 20}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     with torch_threads(1):
-        root = tmp_path_factory.mktemp("lors")
-        grid = tiny_grid(root)
-        data = prepared(grid, "embedded")
-        buffer = ensure_experts(data, grid.model, ExpertConfig(**EXPERTS), grid.evaluation.full_train, grid.cache_dir, CPU)
-        yield SimpleNamespace(root=root, grid=grid, data=data, buffer=buffer)
+        yield distill_env(tmp_path_factory.mktemp("lors"))
 
 
 # ----------------------------------------------------------------------------- the loss
