@@ -204,18 +204,31 @@ def plan_cells(grid: GridConfig) -> list[Cell]:
 
 
 def cell_hash(grid: GridConfig, cell: Cell) -> str:
-    """Everything that determines a cell's result; a record with another hash is stale.
+    """Everything that determines a cell's result, and nothing else; a record with another
+    hash is stale.
 
-    The method enters with the parameters of the cell's own budget (``params`` merged with its
-    ``budget_params`` entry), so editing the override of one budget leaves the other budgets'
-    records valid; a spec without overrides hashes exactly as before overrides existed."""
+    The method enters with its *resolved* parameters for the cell's own budget (``params``
+    merged with its ``budget_params`` entry, then every default filled in), so a changed
+    default re-runs the cells that rely on it, while editing one budget's override leaves the
+    other budgets' records valid; with the method's ``version`` when it is not 1 (a method
+    bumps it when its code changes what it produces). The proxy and expert recipes enter only
+    for a method that reads them."""
+    from bench.registry import get_method
+
     spec = grid.method(cell.method)
-    method = {"name": spec.name, "params": spec.params_for(cell.budget), "label": spec.label}
-    return stable_hash({
+    cls = get_method(spec.name)
+    method: dict[str, Any] = {"name": spec.name, "params": to_dict(cell_method_params(grid, cell)), "label": spec.label}
+    if cls.version != 1:
+        method["version"] = cls.version
+    parts: dict[str, Any] = {
         "dataset": to_dict(grid.dataset(cell.dataset)), "model": to_dict(grid.model),
-        "evaluation": to_dict(grid.evaluation), "proxy": to_dict(grid.proxy), "experts": to_dict(grid.experts),
-        "method": to_dict(method), "budget": cell.budget, "seed": cell.method_seed,
-    })
+        "evaluation": to_dict(grid.evaluation), "method": method, "budget": cell.budget, "seed": cell.method_seed,
+    }
+    if cls.uses_proxy:
+        parts["proxy"] = to_dict(grid.proxy)
+    if cls.uses_experts:
+        parts["experts"] = to_dict(grid.experts)
+    return stable_hash(parts)
 
 
 def method_params(spec: MethodSpec, where: str, budget: int | None = None) -> Any:

@@ -118,6 +118,9 @@ class Method(ABC):
     #: True when run() reads ctx.experts(): the runner trains missing experts first (one Ray
     #: task per expert), outside the method's timing.
     uses_experts: ClassVar[bool] = False
+    #: Part of every cell's hash when not 1: bump it when a change of the code changes what the
+    #: method produces for the same parameters, so that earlier records become stale.
+    version: ClassVar[int] = 1
 
     def __init__(self, params: Any) -> None:
         self.params = params

@@ -41,6 +41,7 @@ class GridRun:
         self.progress = progress
         self.store = ResultStore(grid.results_dir)
         self.cells = plan_cells(grid)
+        load_plugins(self.plugins)  # a plugin method's class enters its cells' hashes
         self.hashes = {c.id: cell_hash(grid, c) for c in self.cells}
         self.done: list[Cell] = []
         self.failed: list[Cell] = []
@@ -79,7 +80,6 @@ class GridRun:
         return self.retired
 
     def run(self) -> GridRun:
-        load_plugins(self.plugins)
         self.check_outputs()
         self.check_budgets()  # also prepares every dataset (and its caches) once, up front
         # Temp files of writers killed mid-write (a crashed driver or worker). Results: all of

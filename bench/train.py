@@ -135,6 +135,9 @@ def train_student(
                     loss = contrastive_loss(image_emb, text_emb, cfg.logit_scale, targets.block(batch, device), targets.loss)
                 if on_batch_end is not None:
                     on_batch_end(batch, (image_emb @ text_emb.T).detach())
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"training diverged: the loss is {float(loss)} at epoch {epoch} "
+                                             f"(step {steps + 1}); lower the learning rates")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

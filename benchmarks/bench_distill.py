@@ -25,6 +25,8 @@ on the values). ``--tower vit`` compares full-parameter and LoRA matching of one
 
     python benchmarks/bench_distill.py                                   # quickstart student, CPU
     python benchmarks/bench_distill.py --syn-steps 8 32 --modes recompute unrolled
+    python benchmarks/bench_distill.py --set 'model.image_encoder={name: convnet, width: 64, depth: 3}' \
+        --set model.embed_dim=null                                       # the from-scratch ConvNet
     python benchmarks/bench_distill.py --config configs/flickr30k.yaml --device cuda \\
         --batch-syn 25 50 100 --syn-steps 8 20 --modes original unrolled recompute recompute+bf16
     python benchmarks/bench_distill.py --tower vit
@@ -55,7 +57,7 @@ from bench.grid import GridConfig, load_grid  # noqa: E402
 from bench.matching import LearnedTensor, MatchingConfig, TrajectoryMatcher, step_sizes  # noqa: E402
 from bench.measure import measure  # noqa: E402
 from bench.models.losses import contrastive_loss  # noqa: E402
-from bench.models.student import ModelConfig, Student, build_student  # noqa: E402
+from bench.models.student import ModelConfig, Student, build_student, tower_features  # noqa: E402
 from benchmarks._towers import add_vit_arguments, describe_vit, tower_models  # noqa: E402
 from benchmarks.original_loop import original_meta_gradients  # noqa: E402
 
@@ -169,14 +171,18 @@ class Case:
             t["lrs"].clamp_(min=0.0)
 
     def plain_steps(self) -> None:
-        """syn_steps ordinary SGD steps on the same batches (no graph kept)."""
+        """syn_steps ordinary SGD steps on the same batches (no graph kept), as the trainer
+        takes them: a frozen tower's features computed once, then only the heads' steps."""
         plain = self.student
         lrs = self.tensors["lrs"].detach()
         side = {n: 0 if plain.modality_of(n) == "image" else 1 for n in plain.trainable_parameters()}
         _, _, plan = self.matcher.plan(self.tensors["images"].shape[0], self.seed, self.it)
         x, t = self.tensors["images"].detach(), self.tensors["texts"].detach()
+        frozen = plain.frozen_tower
+        if frozen:
+            x = tower_features(plain, x, self.device)
         for batch in plan.batches:
-            img_emb, txt_emb = plain(x[batch], t[batch])
+            img_emb, txt_emb = plain(x[batch], t[batch], from_features=frozen)
             loss = contrastive_loss(img_emb, txt_emb, self.cfg.inner_logit_scale)
             plain.zero_grad(set_to_none=True)
             loss.backward()
@@ -279,6 +285,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(REPO / "configs" / "quickstart.yaml"),
                         help="grid whose student, (first) dataset resolution and text encoder width are used")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="override a config value, e.g. --set 'model.image_encoder={name: convnet, width: 64, depth: 3}'")
     parser.add_argument("--tower", choices=["config", "vit"], default="config",
                         help="config: the config's student; vit: full-parameter vs LoRA matching of one ViT")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=None,
@@ -299,7 +307,7 @@ def main() -> int:
     device = pick_device(args.device)
     args.modes = args.modes or ["original", "unrolled", "recompute"] + (["recompute+bf16"] if device.type == "cuda" else [])
     args.n_syn = args.n_syn or 2 * max(args.batch_syn)
-    grid = load_grid(args.config)
+    grid = load_grid(args.config, args.set)
     torch.set_num_threads(args.threads or grid.runner.cpus_per_task)
     data = grid.datasets[0]
     args.resolution = data.resolution

@@ -115,21 +115,36 @@ def test_budget_override_changes_only_its_own_cell_hash():
     assert cell_hash(same, _distill_cells(same)[1000]) == cell_hash(plain, cp[1000])
 
 
-def test_spec_without_overrides_hashes_as_before_overrides_existed():
-    """Records written before budget_params existed must stay valid (not re-run)."""
+def test_a_cell_hash_covers_what_determines_the_cell_and_nothing_else(monkeypatch):
+    """Resolved parameters: spelling out a default, or moving a value between params and a
+    budget's override, leaves the hash alone (and so a changed default changes it); another
+    proxy recipe (for a method that reads the proxy), another expert recipe (for one that reads
+    experts) or a bumped method version changes it; unrelated sections do not."""
     from bench.grid import cell_hash, plan_cells
-    from bench.io import stable_hash
+    from bench.registry import get_method
 
-    grid = from_dict(ExperimentConfig, _budget_grid({}))
-    for cell in plan_cells(grid):
-        spec = grid.method(cell.method)
-        legacy = stable_hash({
-            "dataset": to_dict(grid.dataset(cell.dataset)), "model": to_dict(grid.model),
-            "evaluation": to_dict(grid.evaluation), "proxy": to_dict(grid.proxy), "experts": to_dict(grid.experts),
-            "method": {"name": spec.name, "params": spec.params, "label": spec.label},
-            "budget": cell.budget, "seed": cell.method_seed,
-        })
-        assert cell_hash(grid, cell) == legacy
+    def hashes(data):
+        grid = from_dict(ExperimentConfig, data)
+        return {c.id: cell_hash(grid, c) for c in plan_cells(grid)}
+
+    base = {**_budget_grid({}), "methods": ["random", "herding", {"name": "distill-joint", "params": dict(_MATCHING)}]}
+    ref = hashes(base)
+    assert len(set(ref.values())) == len(ref)
+    spelled = {**base, "methods": ["random", "herding", {"name": "distill-joint",
+                                                         "params": {**_MATCHING, "momentum": 0.5}}]}
+    assert hashes(spelled) == ref  # 0.5 is the default
+    moved = {**base, "methods": ["random", "herding", {"name": "distill-joint", "params": {}, "budget_params": {
+        b: dict(_MATCHING) for b in (100, 1000)}}]}
+    assert hashes(moved) == ref
+
+    def changed(data):
+        return {k for k, v in hashes(data).items() if ref[k] != v}
+
+    assert changed({**base, "proxy": {"epochs": 7}}) == {c for c in ref if "herding" in c}
+    assert changed({**base, "experts": {"epochs": 9}}) == {c for c in ref if "distill-joint" in c}
+    assert changed({**base, "evaluation": {"seeds": [5]}}) == set(ref)
+    monkeypatch.setattr(get_method("distill-joint"), "version", 99)
+    assert changed(base) == {c for c in ref if "distill-joint" in c}
 
 
 def test_budget_params_errors_name_their_path():

@@ -63,12 +63,26 @@ def test_soft_infonce_and_weighted_bce_against_direct_formulas():
     assert float(contrastive_loss(img, txt, 10.0, targets, "infonce")) == pytest.approx(infonce, rel=1e-10)
 
     p = 1 / (1 + np.exp(-logits))
+    t = np.clip(t, 0, 1)
     bce = -(t * np.log(p) + (1 - t) * np.log(1 - p))
     pos = t > 0.5
     wbce = 0.5 * (bce[pos].mean() + bce[~pos].mean())
     assert float(contrastive_loss(img, txt, 10.0, targets, "wbce")) == pytest.approx(wbce, rel=1e-10)
     with pytest.raises(ValueError, match="unknown contrastive loss"):
         contrastive_loss(img, txt, 10.0, targets, "mse")
+
+
+def test_targets_out_of_range_keep_the_losses_bounded():
+    """A learned matrix can leave [0, 1]: negative weights would reward pushing a logit down
+    without limit. Clipped, the loss of a collapsed or an extreme student stays finite and
+    bounded below, and targets in range are left as they are."""
+    img, txt = _emb()
+    wild = torch.eye(6, dtype=torch.float64) * 3 - 2.0  # diagonal 1, off-diagonal -2
+    for kind in ("infonce", "wbce"):
+        assert float(contrastive_loss(img, txt, 10.0, wild, kind)) >= 0
+        clipped = wild.clamp(0, 1)
+        torch.testing.assert_close(contrastive_loss(img, txt, 10.0, wild, kind),
+                                   contrastive_loss(img, txt, 10.0, clipped, kind))
 
 
 def test_soft_targets_must_fit_the_set():

@@ -110,3 +110,12 @@ def test_bf16_precision_trains_under_autocast_and_is_recorded_only_when_set():
     torch.testing.assert_close(results["bf16"][1], results["fp32"][1], rtol=0.05, atol=0.01)
     # The default leaves config hashes as before the field existed; bf16 is recorded.
     assert "precision" not in to_dict(cfg) and to_dict(replace(cfg, precision="bf16"))["precision"] == "bf16"
+
+
+def test_a_diverging_training_stops_with_a_clear_error():
+    import pytest
+
+    student = build_student(SMALL, 16, 12, seed=0)
+    cfg = TrainConfig(epochs=5, batch_size=8, lr_image=1e38, lr_text=1e38, momentum=0.0)
+    with pytest.raises(FloatingPointError, match="training diverged.*epoch"):
+        train_student(student, _pairs(), cfg, 0, CPU)

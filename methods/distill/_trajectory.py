@@ -61,6 +61,7 @@ def text_drift(texts: torch.Tensor, real_texts: torch.Tensor, init: np.ndarray) 
 class TrajectoryMatching(Method):
     Params = MatchingConfig
     uses_experts = True
+    version = 2  # 2: flat-parameter matcher, per-step seeds for dropout (other draws than version 1)
     learn_images: ClassVar[bool]
     learn_texts: ClassVar[bool]
 
@@ -85,7 +86,7 @@ class TrajectoryMatching(Method):
         real = ctx.real_subset(init)
         # The student module only supplies the architecture: parameters come from the experts.
         student = build_student(ctx.model_cfg, ctx.data.train.resolution, ctx.data.text_dim, seed)
-        key = run_key(self.name, ctx.data.key, buffer.key, self.params, budget, seed, init.tolist())
+        key = run_key(self.name, self.version, ctx.data.key, buffer.key, self.params, budget, seed, init.tolist())
         checkpoint = ctx.cache_dir / "distill" / f"{ctx.data.name}-{self.name}-{key}.pt"
         text_scale = float(ctx.data.text_emb["train"].float().square().sum(dim=1).mean())
         learned = self.learned(real, text_scale, seed)

@@ -34,13 +34,16 @@ from methods.distill._trajectory import TrajectoryMatching
 class LorsConfig(MatchingConfig):
     """Trajectory matching plus the similarity parameters: ``rank`` and ``alpha`` of the
     low-rank part, their SGD learning rate ``lr_sim`` (momentum: ``momentum``), the ``loss``
-    that trains against the targets, and ``learn_similarity`` (False: S stays the identity)."""
+    that trains against the targets, ``learn_similarity`` (False: S stays the identity) and
+    ``learn_diagonal`` (False: the diagonal stays 1 and only the low-rank part is learned; the
+    paper learns both)."""
 
     rank: int = 10
     alpha: float = 1.0
     lr_sim: float = 10.0
     loss: Literal["wbce", "infonce"] = "wbce"
     learn_similarity: bool = True
+    learn_diagonal: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -67,6 +70,7 @@ def similarity_loss(cfg: LorsConfig) -> InnerLoss:
 @register("lors", "distillation", "LoRS: trajectory matching that also learns low-rank similarity targets")
 class Lors(TrajectoryMatching):
     Params = LorsConfig
+    version = 3  # 3: soft targets clipped (negative weights count as 0; wbce targets in [0, 1])
     learn_images = True
     learn_texts = True
 
@@ -77,7 +81,7 @@ class Lors(TrajectoryMatching):
         learn, lr = cfg.learn_similarity, cfg.lr_sim
         return {
             **super().learned(real, text_scale, seed),
-            "sim_diag": LearnedTensor(torch.ones(n), lr, cfg.momentum, learn),
+            "sim_diag": LearnedTensor(torch.ones(n), lr, cfg.momentum, learn and cfg.learn_diagonal),
             "sim_left": LearnedTensor(torch.randn(n, cfg.rank, generator=gen), lr, cfg.momentum, learn),
             "sim_right": LearnedTensor(torch.zeros(n, cfg.rank), lr, cfg.momentum, learn),
         }
