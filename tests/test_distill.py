@@ -468,3 +468,19 @@ def test_distill_cell_through_the_runner(env):
     assert tuple(saved["text_emb"].shape) == (10, env.data.text_dim) and saved["source_indices"] is None
     for picture in (f"{cell_id}.png", f"{cell_id}_loss.png"):
         assert (results / "pictures" / picture).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_a_checkpoint_is_not_reused_by_a_run_with_more_experts(env, tmp_path):
+    """The experts' recipe key does not count the experts: a finished checkpoint of a 1-expert
+    run must not be taken for the result of a 2-expert run (same recipe, same params)."""
+    params = {"iterations": 2, "syn_steps": 1, "batch_syn": 5, "checkpoint_every": 1}
+    sets = {}
+    for n in (1, 2):
+        grid = tiny_grid(tmp_path / f"n{n}", methods=[{"name": "distill-joint", "params": params}], include_full=False,
+                         experts={**EXPERTS, "n_experts": n}, cache_dir=str(env.root / "cache"))
+        run = GridRun(grid, progress=False).run()
+        assert not run.failed
+        record = json.loads(next((Path(grid.results_dir) / "records").glob("*distill-joint*.json")).read_text())
+        assert record["method_info"]["resumes"] == 0  # each ran its own matching
+        sets[n] = torch.load(Path(grid.results_dir) / record["set_file"], weights_only=False)["images"]
+    assert len(list((env.root / "cache" / "distill").glob("*distill-joint*.pt"))) >= 2

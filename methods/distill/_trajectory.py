@@ -86,7 +86,9 @@ class TrajectoryMatching(Method):
         real = ctx.real_subset(init)
         # The student module only supplies the architecture: parameters come from the experts.
         student = build_student(ctx.model_cfg, ctx.data.train.resolution, ctx.data.text_dim, seed)
-        key = run_key(self.name, self.version, ctx.data.key, buffer.key, self.params, budget, seed, init.tolist())
+        # The buffer's recipe key does not say how many experts it holds: the checkpoint must.
+        key = run_key(self.name, self.version, ctx.data.key, buffer.key, len(buffer), buffer.epochs, self.params,
+                      budget, seed, init.tolist())
         checkpoint = ctx.cache_dir / "distill" / f"{ctx.data.name}-{self.name}-{key}.pt"
         text_scale = float(ctx.data.text_emb["train"].float().square().sum(dim=1).mean())
         learned = self.learned(real, text_scale, seed)
