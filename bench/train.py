@@ -136,7 +136,7 @@ def train_student(
                 if on_batch_end is not None:
                     on_batch_end(batch, (image_emb @ text_emb.T).detach())
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"training diverged: the loss is {float(loss)} at epoch {epoch} "
+                    raise FloatingPointError(f"training diverged: the loss is {loss.item()} at epoch {epoch} "
                                              f"(step {steps + 1}); lower the learning rates")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

@@ -102,17 +102,24 @@ def test_killed_grid_resumes_to_identical_results(tmp_path, executor):
 
 
 @pytest.mark.timeout(600)
-def test_ray_executor_runs_an_outside_plugin(tmp_path):
+def test_ray_executor_runs_an_outside_plugin_and_lors(tmp_path):
+    """An outside plugin and LoRS (experts as Ray tasks, soft targets through the evaluation)
+    run under Ray with the numbers of the in-process executor."""
     plugin = write_plugin(tmp_path)
+    extra = {"methods": "[random, kcenter, first-k, {name: lors, params: {iterations: 2, syn_steps: 2, batch_syn: 5, "
+                        "checkpoint_every: 0, lr_sim: 1.0}}]",
+             "experts": "{n_experts: 1, epochs: 3, batch_size: 20}"}
     results = tmp_path / "ray"
-    proc = subprocess.run(_cli_args(tmp_path, results, plugin, "ray"), cwd=tmp_path, capture_output=True, text=True, env=RAY_ENV)
+    proc = subprocess.run(_cli_args(tmp_path, results, plugin, "ray", **extra), cwd=tmp_path, capture_output=True,
+                          text=True, env=RAY_ENV)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     records = _records(results)
-    assert len(records) == 7
+    assert len(records) == 9
     first_k = records["embedded__first-k__b20__s0"]
     assert first_k["source_indices"] == list(range(20))
+    assert records["embedded__lors__b20__s0"]["method_info"]["soft_targets"]["loss"] == "wbce"
     local = tmp_path / "local"
-    subprocess.run(_cli_args(tmp_path, local, plugin, "local"), check=True, cwd=tmp_path, capture_output=True)
+    subprocess.run(_cli_args(tmp_path, local, plugin, "local", **extra), check=True, cwd=tmp_path, capture_output=True)
     assert _metrics(records) == _metrics(_records(local))
 
 
