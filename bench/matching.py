@@ -53,7 +53,11 @@ class MatchingConfig:
     the parameter iterates and re-runs one step at a time backwards (peak memory independent of
     syn_steps, at the price of one more plain forward and backward per step: 1.2x the time of
     ``unrolled`` for the quickstart ConvNet on CPU, so ``unrolled``, which keeps the graph of
-    every step, is the default; the paper configs use ``recompute``). precision: ``bf16`` runs the
+    every step, is the default; the paper configs use ``recompute``). iterate_segment
+    (``recompute`` only): keep every s-th parameter iterate (and the last segment's) and replay
+    the others when needed, so that the iterates too stop growing with syn_steps (about
+    syn_steps/s + s vectors instead of syn_steps + 1; one more plain step per replayed step;
+    None keeps them all). precision: ``bf16`` runs the
     student's forward in the inner steps under bfloat16 autocast (the loss, the parameters and
     the step stay float32). expert_snapshots: where the expert parameters the matcher reads are
     kept after their first read from disk: on the compute ``device``, in ``host`` memory (copied
@@ -92,6 +96,7 @@ class MatchingConfig:
     checkpoint_every: int = 25
     min_start_epoch: int = field(default=0, metadata={"omit_if_default": True})
     memory: MemoryMode = field(default="unrolled", metadata={"omit_if_default": True})
+    iterate_segment: int | None = field(default=None, metadata={"omit_if_default": True})
     precision: Precision = field(default="fp32", metadata={"omit_if_default": True})
     expert_snapshots: Literal["auto", "device", "host"] = field(default="auto", metadata={"omit_if_default": True})
     augment: AugmentConfig | None = field(default=None, metadata={"omit_if_default": True})
@@ -106,6 +111,9 @@ class MatchingConfig:
         if not 0 <= self.min_start_epoch < self.max_start_epoch:
             raise ValueError(f"min_start_epoch must be in [0, max_start_epoch = {self.max_start_epoch}), "
                              f"got {self.min_start_epoch}")
+        if self.iterate_segment is not None and (self.iterate_segment < 1 or self.memory != "recompute"):
+            raise ValueError(f"iterate_segment must be >= 1 and needs memory: recompute (got {self.iterate_segment} "
+                             f"with memory: {self.memory})")
         if self.batch_syn is not None and self.batch_syn < 2:
             raise ValueError("batch_syn must be >= 2 (a contrastive batch needs negatives)")
         if self.syn_lr_init <= 0 or self.checkpoint_every < 0:
@@ -221,7 +229,7 @@ class TrajectoryMatcher:
         self.layout = ParamLayout.of(student)
         self.dtype = next(iter(student.trainable_parameters().values())).dtype
         self.steps = InnerSteps(self.student, self.layout, inner_loss or contrastive_inner_loss(cfg.inner_logit_scale),
-                                augment, cfg.precision, cfg.merge_sides)
+                                augment, cfg.precision, cfg.merge_sides, cfg.iterate_segment)
         self.snapshots = ExpertSnapshots(buffer, self.layout, cfg, device, self.dtype)
 
     # ----------------------------------------------------------------- one iteration

@@ -21,7 +21,11 @@ similarity targets) and the step sizes ``lr``. Two exact ways to get it, same nu
       dLoss/dlr -= sum over each side of a_{k+1} * g_k
 
   Peak memory is one step's graph plus the iterates, whatever ``syn_steps`` is; the price is
-  one more plain forward + backward per step.
+  one more plain forward + backward per step. The iterates themselves grow with ``syn_steps``
+  (one parameter vector per step); with ``iterate_segment`` s only every s-th iterate and the
+  last segment's are kept, and each other segment is rebuilt by replaying its steps without a
+  graph when the backward walk reaches it (about syn_steps/s + s vectors, for one more plain
+  step per replayed step; the replay is the same computation, so the result is unchanged).
 
 Everything random inside a step (dropout masks, augmentation) is drawn from that step's own
 seed, so the recomputed step is the step that was taken.
@@ -112,8 +116,10 @@ class InnerSteps:
     (``from_features``), computed once per iteration by the matcher."""
 
     def __init__(self, student: Student, layout: ParamLayout, inner_loss: InnerLoss,
-                 augment: Augment | None = None, precision: Precision = "fp32", merge_sides: bool = False) -> None:
+                 augment: Augment | None = None, precision: Precision = "fp32", merge_sides: bool = False,
+                 iterate_segment: int | None = None) -> None:
         self.student = student
+        self.iterate_segment = iterate_segment
         self.layout = layout
         self.inner_loss = inner_loss
         self.augment = augment
@@ -169,23 +175,38 @@ def recompute_meta_gradients(steps: InnerSteps, start: torch.Tensor, target: tor
     lrs = tensors["lrs"]
     step_sizes = layout.step_sizes(lrs.detach())
     frozen = {k: t.detach() for k, t in tensors.items()}
-    iterates = [start.detach()]
-    for batch, seed in zip(plan.batches, plan.seeds):  # forward: the iterates only, no graph kept
-        theta = iterates[-1].requires_grad_(True)
-        grad = steps.gradient(theta, frozen, batch, seed, create_graph=False)
-        iterates[-1] = theta.detach()
-        iterates.append(iterates[-1] - step_sizes * grad)
-    final = iterates.pop().requires_grad_(True)
+    n = len(plan)
+    segment = min(steps.iterate_segment or n, n)
+    last_segment = (n - 1) // segment * segment
+
+    def advance(theta: torch.Tensor, k: int) -> torch.Tensor:
+        """Step k without a graph: theta_{k+1} from theta_k."""
+        grad = steps.gradient(theta.requires_grad_(True), frozen, plan.batches[k], plan.seeds[k], create_graph=False)
+        return theta.detach() - step_sizes * grad
+
+    # Forward: the iterates only, no graph kept (every segment's first and all of the last segment).
+    iterates = {0: start.detach()}
+    theta = iterates[0]
+    for k in range(n):
+        theta = advance(theta, k)
+        if (k + 1) % segment == 0 or k + 1 >= last_segment:
+            iterates[k + 1] = theta
+    final = iterates.pop(n).requires_grad_(True)
     loss = matching_distance(final, start, target, layout, steps.merge_sides)
     (adjoint,) = torch.autograd.grad(loss, final)
 
     names = _learned(tensors)
-    grads = {n: torch.zeros_like(tensors[n]) for n in names}
+    grads = {name: torch.zeros_like(tensors[name]) for name in names}
     lr_grad = torch.zeros_like(lrs)
-    for k in reversed(range(len(plan))):  # backward: one step's graph at a time
-        theta = iterates.pop().requires_grad_(True)
+    for k in reversed(range(n)):  # backward: one step's graph at a time
+        if k not in iterates:  # replay this segment from its first iterate
+            first = k // segment * segment
+            theta = iterates[first]
+            for j in range(first, k):
+                theta = iterates[j + 1] = advance(theta, j)
+        theta = iterates.pop(k).requires_grad_(True)
         grad = steps.gradient(theta, tensors, plan.batches[k], plan.seeds[k], create_graph=True)
-        outs = torch.autograd.grad(grad, [theta] + [tensors[n] for n in names],
+        outs = torch.autograd.grad(grad, [theta] + [tensors[name] for name in names],
                                    grad_outputs=step_sizes * adjoint, allow_unused=True)
         lr_grad -= layout.side_sums(adjoint * grad.detach())
         adjoint = adjoint - outs[0]

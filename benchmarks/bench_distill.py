@@ -10,6 +10,8 @@ same student, batches and expert segment:
   one flat parameter vector per tower, every iterate and its graph kept), the yardstick;
 * ``unrolled`` / ``recompute``: this project's matcher (``matching.memory``), the latter with
   peak memory independent of ``syn_steps``;
+* ``+segment``: ``recompute`` keeping only every ``--iterate-segment``-th parameter iterate
+  (``matching.iterate_segment``), so that the iterates too stop growing with ``syn_steps``;
 * ``+bf16``: the student's forward in the inner steps under bfloat16 autocast
   (``matching.precision: bf16``; meant for CUDA, slow on most CPUs).
 
@@ -24,7 +26,7 @@ a model checkpoint that is not on disk is replaced by random weights (the cost d
 on the values). ``--tower vit`` compares full-parameter and LoRA matching of one ViT.
 
     python benchmarks/bench_distill.py                                   # quickstart student, CPU
-    python benchmarks/bench_distill.py --syn-steps 8 32 --modes recompute unrolled
+    python benchmarks/bench_distill.py --syn-steps 8 32 --modes recompute unrolled recompute+segment
     python benchmarks/bench_distill.py --set 'model.image_encoder={name: convnet, width: 64, depth: 3}' \
         --set model.embed_dim=null                                       # the from-scratch ConvNet
     python benchmarks/bench_distill.py --config configs/flickr30k.yaml --device cuda \\
@@ -61,7 +63,8 @@ from bench.models.student import ModelConfig, Student, build_student, tower_feat
 from benchmarks._towers import add_vit_arguments, describe_vit, tower_models  # noqa: E402
 from benchmarks.original_loop import original_meta_gradients  # noqa: E402
 
-MODES = ("original", "unrolled", "recompute", "unrolled+bf16", "recompute+bf16")
+MODES = ("original", "unrolled", "recompute", "recompute+segment", "unrolled+bf16", "recompute+bf16",
+         "recompute+segment+bf16")
 
 
 class RandomExperts:
@@ -136,9 +139,11 @@ class Case:
 
     def __init__(self, args: argparse.Namespace, model: ModelConfig, batch_syn: int, syn_steps: int, mode: str,
                  device: torch.device) -> None:
-        memory, _, precision = mode.partition("+")
+        memory, *options = mode.split("+")
         cfg = replace(args.matching, batch_syn=batch_syn, syn_steps=syn_steps,
-                      memory="unrolled" if memory == "original" else memory, precision=precision or "fp32")
+                      memory="unrolled" if memory == "original" else memory,
+                      precision="bf16" if "bf16" in options else "fp32",
+                      iterate_segment=args.iterate_segment if "segment" in options else None)
         self.device, self.mode, self.cfg = device, mode, cfg
         self.student = build_student(model, args.resolution, args.text_dim, args.seed)
         self.experts = RandomExperts(self.student, cfg.last_epoch + 1, args.seed + 1)
@@ -199,7 +204,8 @@ def measure_case(args: argparse.Namespace, model: ModelConfig, batch_syn: int, s
         case = Case(args, model, batch_syn, syn_steps, mode, device)
         case.iteration()  # warm-up: first-call allocations, kernel selection, expert snapshots
         row["iteration_s"] = statistics.median(_seconds(case.iteration, device) for _ in range(args.repeats))
-        row["peak_mb"] = _peak_mb(case.iteration, device)
+        # RSS is sampled, and the allocator's pages differ from call to call: the median of several.
+        row["peak_mb"] = statistics.median(_peak_mb(case.iteration, device) for _ in range(args.repeats))
         if args.plain:
             case.plain_steps()
             row["plain_s"] = statistics.median(_seconds(case.plain_steps, device) for _ in range(args.repeats))
@@ -214,7 +220,7 @@ def measure_case(args: argparse.Namespace, model: ModelConfig, batch_syn: int, s
 
 
 def format_row(row: dict[str, object], baseline: dict[str, object] | None) -> str:
-    head = f"{row['mode']:<15}  {row['batch_syn']:>9}  {row['syn_steps']:>9}"
+    head = f"{row['mode']:<22}  {row['batch_syn']:>9}  {row['syn_steps']:>9}"
     if row.get("oom"):
         return f"{head}  {'out of memory':>11}"
     line = f"{head}  {row['iteration_s']:>11.3f}  {row['peak_mb']:>14.1f}"
@@ -227,7 +233,7 @@ def format_row(row: dict[str, object], baseline: dict[str, object] | None) -> st
 
 def run_modes(args: argparse.Namespace, model: ModelConfig, device: torch.device) -> list[dict[str, object]]:
     mem = "peak CUDA +MiB" if device.type == "cuda" else "peak RSS +MiB"
-    header = f"{'mode':<15}  {'batch_syn':>9}  {'syn_steps':>9}  {'iteration s':>11}  {mem:>14}"
+    header = f"{'mode':<22}  {'batch_syn':>9}  {'syn_steps':>9}  {'iteration s':>11}  {mem:>14}"
     if args.plain:
         header += f"  {'plain s':>8}  {'ratio':>6}"
     if "original" in args.modes:
@@ -292,6 +298,7 @@ def main() -> int:
     parser.add_argument("--modes", nargs="+", choices=MODES, default=None,
                         help="default: original unrolled recompute (+ recompute+bf16 on CUDA)")
     parser.add_argument("--syn-steps", type=int, nargs="+", default=[2, 4, 8, 16])
+    parser.add_argument("--iterate-segment", type=int, default=8, help="iterate_segment of the +segment modes")
     parser.add_argument("--batch-syn", type=int, nargs="+", default=[50])
     parser.add_argument("--n-syn", type=int, default=None, help="pairs in the synthetic set (default 2 x the largest batch)")
     parser.add_argument("--repeats", type=int, default=3)
@@ -302,8 +309,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     add_vit_arguments(parser)
     args = parser.parse_args()
-    if min(args.batch_syn) < 2 or args.repeats < 1 or min(args.syn_steps) < 1:
-        parser.error("every --batch-syn must be >= 2, --repeats and every --syn-steps >= 1")
+    if min(args.batch_syn) < 2 or args.repeats < 1 or min(args.syn_steps) < 1 or args.iterate_segment < 1:
+        parser.error("every --batch-syn must be >= 2, --repeats, --iterate-segment and every --syn-steps >= 1")
     device = pick_device(args.device)
     args.modes = args.modes or ["original", "unrolled", "recompute"] + (["recompute+bf16"] if device.type == "cuda" else [])
     args.n_syn = args.n_syn or 2 * max(args.batch_syn)
@@ -315,7 +322,8 @@ def main() -> int:
     args.matching = MatchingConfig(checkpoint_every=0)
     print(format_machine())
     print(f"device {device}; synthetic set {args.n_syn} pairs; median of {args.repeats} iterations after 1 warm-up; "
-          f"memory of one more iteration from a clean baseline")
+          f"peak memory: median over {args.repeats} more iterations, each from a clean baseline"
+          + (f"; +segment: iterate_segment {args.iterate_segment}" if any("segment" in m for m in args.modes) else ""))
     if args.tower == "vit":
         run_tower(args, grid.model, device)
         return 0

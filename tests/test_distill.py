@@ -240,6 +240,35 @@ def test_recompute_gives_the_unrolled_meta_gradients(env, syn_steps, dropout, dt
             torch.testing.assert_close(other_grads[name], grads[name], rtol=rtol, atol=rtol * scale, msg=f"{other} {name}")
 
 
+@pytest.mark.parametrize("syn_steps,segment", [(8, 3), (8, 2), (5, 1), (3, 2), (4, 4), (4, 9)])
+def test_iterate_segments_replay_the_same_steps(env, syn_steps, segment):
+    """Keeping every s-th iterate and replaying the rest is the same computation: the
+    meta-gradients equal (bitwise, on CPU) those of recompute keeping every iterate, with
+    dropout on so a replayed step must redraw its own masks."""
+    model = replace(env.grid.model, text_dropout=0.1)
+    student = build_student(model, env.data.train.resolution, env.data.text_dim, 0).to(torch.float64)
+    real = _real(env, n=12)
+    out = {}
+    for seg in (None, segment):
+        cfg = MatchingConfig(syn_steps=syn_steps, batch_syn=5, checkpoint_every=0, memory="recompute",
+                             iterate_segment=seg)
+        matcher = TrajectoryMatcher(student, env.buffer, cfg, CPU)
+        tensors = _tensors(matcher, cfg, real, torch.float64)
+        tensors["lrs"] = torch.tensor([0.02, 0.05], dtype=torch.float64, requires_grad=True)
+        out[seg] = matcher.meta_gradients(tensors, seed=5, it=2)
+    (loss, grads), (seg_loss, seg_grads) = out[None], out[segment]
+    assert torch.equal(seg_loss, loss)
+    assert set(seg_grads) == set(grads) == {"images", "texts", "lrs"}
+    assert all(torch.equal(seg_grads[name], grads[name]) for name in grads)
+
+
+def test_iterate_segment_needs_recompute():
+    with pytest.raises(ValueError, match="iterate_segment"):
+        MatchingConfig(iterate_segment=2)
+    with pytest.raises(ValueError, match="iterate_segment"):
+        MatchingConfig(memory="recompute", iterate_segment=0)
+
+
 def test_dropout_masks_follow_the_step_seed(env):
     """With dropout on, the same iteration gives the same gradients twice (the masks are the
     step's, not the global RNG's) and another iteration's masks give other gradients."""
