@@ -18,7 +18,8 @@ same student, batches and expert segment:
 ``plain`` is ``syn_steps`` ordinary SGD steps (forward, backward, in-place update, no graph
 kept) on batches of the same size: the ratio iteration / plain is the price of
 differentiating through training. Peak memory of an iteration is measured from a clean
-baseline: the CUDA allocator's peak on a GPU, the process's resident-set growth on the CPU.
+baseline: the CUDA allocator's peak on a GPU; on the CPU the process's resident-set growth and
+(glibc) the live heap's growth, which unlike RSS leaves out freed pages the allocator keeps.
 
 The student, resolution and text width are a grid config's (``--config``); expert parameters
 are random (a fresh student, then small Gaussian steps), so no data or experts are needed, and
@@ -43,6 +44,7 @@ import gc
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -115,19 +117,51 @@ def _seconds(fn: Callable[[], None], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def _peak_mb(fn: Callable[[], None], device: torch.device) -> float:
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def _heap_mb() -> float | None:
+    """Bytes the process's malloc has handed out and not taken back (glibc's ``mallinfo2``:
+    in-use heap + mmapped chunks), the CPU analogue of the CUDA allocator's allocated bytes:
+    unlike RSS it does not count freed pages the allocator keeps, which vary from run to run."""
+    if _LIBC is None or not hasattr(_LIBC, "mallinfo2"):
+        return None
+    _LIBC.mallinfo2.restype = _MallInfo2
+    info = _LIBC.mallinfo2()
+    return (info.uordblks + info.hblkhd) / 2**20
+
+
+def _peak_mb(fn: Callable[[], None], device: torch.device) -> tuple[float, float | None]:
     """Memory one call adds at its peak, from a clean baseline (a separate call: the page faults
-    of memory handed back to the OS would otherwise be timed)."""
+    of memory handed back to the OS would otherwise be timed): the CUDA allocator's peak on a
+    GPU; on the CPU the resident set's growth and, with glibc, the live heap's."""
     _release_freed_memory(device)
     if device.type == "cuda":
         base = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
         fn()
         _sync(device)
-        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    with measure(device, interval=0.005) as cost:
-        fn()
-    return cost.peak_rss_mb - cost.baseline_rss_mb
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20, None
+    heap_base = _heap_mb()
+    heap_peak = [heap_base]
+    stop = threading.Event()
+
+    def sample_heap() -> None:
+        while heap_base is not None and not stop.wait(0.0005):
+            heap_peak[0] = max(heap_peak[0], _heap_mb())  # type: ignore[type-var]
+
+    sampler = threading.Thread(target=sample_heap, daemon=True)
+    sampler.start()
+    try:
+        with measure(device, interval=0.005) as cost:
+            fn()
+    finally:
+        stop.set()
+        sampler.join()
+    heap = None if heap_base is None else max(heap_peak[0], _heap_mb()) - heap_base  # type: ignore[operator]
+    return cost.peak_rss_mb - cost.baseline_rss_mb, heap
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -205,7 +239,10 @@ def measure_case(args: argparse.Namespace, model: ModelConfig, batch_syn: int, s
         case.iteration()  # warm-up: first-call allocations, kernel selection, expert snapshots
         row["iteration_s"] = statistics.median(_seconds(case.iteration, device) for _ in range(args.repeats))
         # RSS is sampled, and the allocator's pages differ from call to call: the median of several.
-        row["peak_mb"] = statistics.median(_peak_mb(case.iteration, device) for _ in range(args.repeats))
+        peaks = [_peak_mb(case.iteration, device) for _ in range(args.repeats)]
+        row["peak_mb"] = statistics.median(rss for rss, _ in peaks)
+        if peaks[0][1] is not None:
+            row["heap_mb"] = statistics.median(heap for _, heap in peaks)  # type: ignore[type-var]
         if args.plain:
             case.plain_steps()
             row["plain_s"] = statistics.median(_seconds(case.plain_steps, device) for _ in range(args.repeats))
@@ -224,6 +261,8 @@ def format_row(row: dict[str, object], baseline: dict[str, object] | None) -> st
     if row.get("oom"):
         return f"{head}  {'out of memory':>11}"
     line = f"{head}  {row['iteration_s']:>11.3f}  {row['peak_mb']:>14.1f}"
+    if "heap_mb" in row:
+        line += f"  {row['heap_mb']:>15.1f}"
     if "plain_s" in row:
         line += f"  {row['plain_s']:>8.3f}  {row['iteration_s'] / row['plain_s']:>6.2f}"  # type: ignore[operator]
     if baseline is not None and not baseline.get("oom") and row["mode"] != "original":
@@ -234,6 +273,8 @@ def format_row(row: dict[str, object], baseline: dict[str, object] | None) -> st
 def run_modes(args: argparse.Namespace, model: ModelConfig, device: torch.device) -> list[dict[str, object]]:
     mem = "peak CUDA +MiB" if device.type == "cuda" else "peak RSS +MiB"
     header = f"{'mode':<22}  {'batch_syn':>9}  {'syn_steps':>9}  {'iteration s':>11}  {mem:>14}"
+    if device.type != "cuda" and _heap_mb() is not None:
+        header += f"  {'peak heap +MiB':>15}"
     if args.plain:
         header += f"  {'plain s':>8}  {'ratio':>6}"
     if "original" in args.modes:
