@@ -118,6 +118,13 @@ class MatchingConfig:
             raise ValueError("batch_syn must be >= 2 (a contrastive batch needs negatives)")
         if self.syn_lr_init <= 0 or self.checkpoint_every < 0:
             raise ValueError("syn_lr_init must be > 0 and checkpoint_every >= 0")
+        for name in ("lr_img", "lr_txt", "lr_lr"):  # a negative rate would ascend the matching loss
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0 holds that tensor fixed), got {getattr(self, name)}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.max_update is not None and self.max_update <= 0:
+            raise ValueError(f"max_update must be > 0 (or null for no trust region), got {self.max_update}")
 
     @property
     def last_epoch(self) -> int:

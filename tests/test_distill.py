@@ -262,6 +262,14 @@ def test_iterate_segments_replay_the_same_steps(env, syn_steps, segment):
     assert all(torch.equal(seg_grads[name], grads[name]) for name in grads)
 
 
+@pytest.mark.parametrize("bad", [{"lr_txt": -1.0}, {"lr_img": -5.0}, {"lr_lr": -1e-3}, {"momentum": 1.0},
+                                 {"momentum": -0.1}, {"max_update": 0.0}])
+def test_matching_config_rejects_rates_that_make_no_sense(bad):
+    key = next(iter(bad))
+    with pytest.raises(ValueError, match=key):
+        MatchingConfig(**bad)
+
+
 def test_iterate_segment_needs_recompute():
     with pytest.raises(ValueError, match="iterate_segment"):
         MatchingConfig(iterate_segment=2)
