@@ -182,3 +182,17 @@ def test_fixed_identity_lors_with_infonce_is_distill_joint(env):
     assert a["learned_lrs"] == pytest.approx(b["learned_lrs"], rel=1e-5)
     for sa, sb in zip(a["per_seed"], b["per_seed"]):  # trained the same way: the same recall
         assert sa["metrics"] == pytest.approx(sb["metrics"], abs=0.5)
+
+
+def test_the_soft_target_ablation_splits_the_matrix_into_its_parts():
+    from benchmarks.ablate_soft_targets import variants
+
+    gen = torch.Generator().manual_seed(0)
+    matrix = torch.eye(5) * 1.5 + 0.1 * torch.randn(5, 5, generator=gen)
+    parts = variants(matrix)
+    assert parts["identity (hard)"] is None and torch.equal(parts["learned"], matrix)
+    diagonal, off = parts["diagonal only"], parts["off-diagonal + unit diagonal"]
+    assert torch.equal(diagonal.diagonal(), matrix.diagonal()) and int((diagonal != 0).sum()) == 5
+    assert torch.equal(off.diagonal(), torch.ones(5))
+    mask = ~torch.eye(5, dtype=torch.bool)
+    assert torch.equal(off[mask], matrix[mask])
