@@ -521,3 +521,29 @@ def test_a_checkpoint_is_not_reused_by_a_run_with_more_experts(env, tmp_path):
         assert record["method_info"]["resumes"] == 0  # each ran its own matching
         sets[n] = torch.load(Path(grid.results_dir) / record["set_file"], weights_only=False)["images"]
     assert len(list((env.root / "cache" / "distill").glob("*distill-joint*.pt"))) >= 2
+
+
+def test_text_drift_against_a_direct_computation():
+    from methods.distill._trajectory import text_drift
+
+    gen = torch.Generator().manual_seed(0)
+    real = torch.randn(50, 8, generator=gen)
+    init = np.array([3, 10, 20, 40])
+    texts = real[init].clone() * 2.0  # same directions, twice the norm
+    texts[1] = real[7] + 1e-3 * torch.randn(8, generator=gen)  # now says caption 7
+    drift = text_drift(texts, real, init)
+    assert drift["nearest_is_start"] == pytest.approx(0.75)
+    cosines = [float(torch.dot(t, r) / (t.norm() * r.norm())) for t, r in zip(texts, real[init])]
+    assert drift["cosine_to_start"] == pytest.approx(sum(cosines) / 4, abs=1e-6)
+    assert drift["norm_mean"] == pytest.approx(float(texts.norm(dim=1).mean()), rel=1e-6)
+    assert drift["real_norm_mean"] == pytest.approx(float(real.norm(dim=1).mean()), rel=1e-6)
+
+
+def test_nearest_captions_matches_brute_force_across_chunks():
+    from bench.data.text_encoder import nearest_captions
+
+    gen = torch.Generator().manual_seed(1)
+    bank, queries = torch.randn(300, 16, generator=gen), torch.randn(37, 16, generator=gen)
+    expected = [max(range(300), key=lambda j: float(torch.nn.functional.cosine_similarity(q, bank[j], dim=0)))
+                for q in queries]
+    assert nearest_captions(queries, bank, chunk=5).tolist() == expected

@@ -184,3 +184,12 @@ def cached_caption_embeddings(
     emb = encoder.encode(captions, progress=progress)
     torch_save_atomic(path, emb)
     return emb
+
+
+def nearest_captions(vectors: torch.Tensor, captions: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """Index of the nearest caption vector (cosine) for each row of ``vectors``: what a
+    distilled text vector still says. Chunked, so a Flickr-sized bank is never multiplied by
+    the whole set at once."""
+    bank = torch.nn.functional.normalize(captions.float(), dim=1)
+    queries = torch.nn.functional.normalize(vectors.float(), dim=1)
+    return torch.cat([(queries[i:i + chunk] @ bank.T).argmax(dim=1) for i in range(0, len(queries), chunk)])

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import torch
-
+from bench.data.text_encoder import nearest_captions
 from bench.reports.plots import plot_matching_loss, save_pair_grid
 
 if TYPE_CHECKING:
@@ -24,9 +23,7 @@ def display_captions(data: PreparedDataset, output: MethodOutput, n: int) -> lis
     captions = data.train.captions
     if output.pairs.source_indices is not None:
         return [captions[int(i)] for i in output.pairs.source_indices[:n]]
-    emb = torch.nn.functional.normalize(output.pairs.text_emb[:n].float(), dim=1)
-    bank = torch.nn.functional.normalize(data.text_emb["train"].float(), dim=1)
-    return [f"≈ {captions[int(i)]}" for i in (emb @ bank.T).argmax(dim=1)]
+    return [f"≈ {captions[int(i)]}" for i in nearest_captions(output.pairs.text_emb[:n], data.text_emb["train"])]
 
 
 def strongest_targets(output: MethodOutput, n: int) -> list[str]:

@@ -12,6 +12,7 @@ from torch.nn import functional as F
 
 from bench.augment import Augmentation
 from bench.data.pairs import PairSet, normalize_images
+from bench.data.text_encoder import nearest_captions
 from bench.matching import LearnedTensor, MatchingConfig, MatchingState, TrajectoryMatcher, run_key, step_sizes
 from bench.methods_api import Method, MethodContext, MethodOutput, check_budget
 from bench.models.student import build_student
@@ -48,12 +49,11 @@ def text_drift(texts: torch.Tensor, real_texts: torch.Tensor, init: np.ndarray) 
     """How far distilled text vectors went from the captions they started from: the fraction
     whose nearest real caption (cosine) is still their own, their mean cosine to it, and their
     mean norm (the real captions' mean norm beside it)."""
-    distilled = F.normalize(texts.float(), dim=1)
-    bank = F.normalize(real_texts.float(), dim=1)
     start = torch.as_tensor(init, dtype=torch.int64)
-    nearest = torch.cat([(distilled[i:i + 256] @ bank.T).argmax(dim=1) for i in range(0, len(distilled), 256)])
+    nearest = nearest_captions(texts, real_texts)
+    cosine = F.cosine_similarity(texts.float(), real_texts[start].float(), dim=1)
     return {"nearest_is_start": float((nearest == start).float().mean()),
-            "cosine_to_start": float((distilled * bank[start]).sum(dim=1).mean()),
+            "cosine_to_start": float(cosine.mean()),
             "norm_mean": float(texts.float().norm(dim=1).mean()),
             "real_norm_mean": float(real_texts.float().norm(dim=1).mean())}
 
