@@ -32,13 +32,12 @@ from bench.data.karpathy import check_karpathy
 from bench.data.text_encoder import caption_cache_path, model_identity
 from bench.experts import expert_dir, expert_key
 from bench.grid import GridConfig, cell_hash, plan_cells
-from bench.io import TEMP_GLOB, remove_stale_temp_files
+from bench.io import SHARED_TEMP_MAX_AGE_S, TEMP_GLOB, remove_stale_temp_files
 from bench.proxy import proxy_key, proxy_path
 from bench.registry import get_method
 from bench.store import ResultStore
 
 KINDS = ("images", "text", "proxy", "experts", "distill")
-_TEMP_MAX_AGE_S = 3600
 
 
 @dataclass(frozen=True)
@@ -171,7 +170,7 @@ def prune(grid: GridConfig, entries: list[CacheEntry]) -> int:
             else:
                 path.unlink(missing_ok=True)
         freed += entry.size
-    remove_stale_temp_files(grid.cache_dir, older_than_s=_TEMP_MAX_AGE_S)
+    remove_stale_temp_files(grid.cache_dir, older_than_s=SHARED_TEMP_MAX_AGE_S)
     return freed
 
 

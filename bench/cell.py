@@ -24,16 +24,13 @@ from bench.io import stable_hash
 from bench.measure import Cost, measure
 from bench.methods_api import Method, MethodContext, MethodOutput
 from bench.proxy import ProxyRun, load_or_compute_proxy
-from bench.record import CellRecord, FailureRecord
+from bench.record import CellRecord, FailureRecord, timestamp
 from bench.registry import get_method
 from bench.reports.pictures import write_pictures
 from bench.store import ResultStore
+from bench.train import TrainConfig
 
 _PREPARED: dict[str, PreparedDataset] = {}  # per process: Ray reuses workers across tasks
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
 def prepared(grid: GridConfig, name: str, progress: bool = False) -> PreparedDataset:
@@ -88,11 +85,10 @@ def check_output(output: MethodOutput, cell: Cell, kind: str) -> None:
 
 
 def build_record(grid: GridConfig, cell: Cell, method: Method, data: PreparedDataset, output: MethodOutput,
-                 results: list[SeedResult], costs: tuple[Cost, Cost], shared: SharedArtifacts,
-                 device: torch.device) -> CellRecord:
+                 train_cfg: TrainConfig, results: list[SeedResult], costs: tuple[Cost, Cost],
+                 shared: SharedArtifacts, device: torch.device) -> CellRecord:
     """The record of a finished cell (the one place a :class:`CellRecord` is filled)."""
     kind = type(method).kind
-    train_cfg = grid.evaluation.full_train if kind == "reference" else grid.evaluation.train
     buffer = shared.buffer
     return CellRecord(
         dataset=cell.dataset, method=cell.method, per_seed=[r.__dict__ for r in results],
@@ -107,7 +103,7 @@ def build_record(grid: GridConfig, cell: Cell, method: Method, data: PreparedDat
         method_info=output.info,
         source_indices=None if output.source_indices is None else output.source_indices.tolist(),
         dataset_key=data.key, config=to_dict(grid), config_hash=grid.config_hash, device=str(device),
-        machine=machine_info(), git_commit=git_commit(), finished_at=_now(),
+        machine=machine_info(), git_commit=git_commit(), finished_at=timestamp(),
     )
 
 
@@ -133,7 +129,7 @@ def execute_cell(grid: GridConfig, cell: Cell, progress: bool = False) -> CellRe
             grid.evaluation.seeds, device, learned_lrs=output.learned_lrs, progress=progress,
             description=cell.id,
         )
-    record = build_record(grid, cell, method, data, output, results, (method_cost, eval_cost), shared, device)
+    record = build_record(grid, cell, method, data, output, train_cfg, results, (method_cost, eval_cost), shared, device)
     if cls.kind != "reference":  # the full set is the training split itself: nothing to save
         set_file = store.save_set(cell, output).relative_to(store.root)
         write_pictures(store, cell.id, data, output)
@@ -146,5 +142,5 @@ def failure_record(grid: GridConfig, cell: Cell, exc: BaseException, attempts: i
     """What ``records/<cell>.failed.json`` says: the error, its traceback, the attempts made
     (0: never started) and the hash of the config that failed."""
     return FailureRecord(cell_id=cell.id, error=f"{type(exc).__name__}: {exc}", attempts=attempts,
-                         traceback="".join(traceback.format_exception(exc)), failed_at=_now(),
+                         traceback="".join(traceback.format_exception(exc)), failed_at=timestamp(),
                          cell_hash=cell_hash(grid, cell))

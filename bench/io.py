@@ -88,6 +88,10 @@ def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+#: Temp files in a shared cache older than this are a dead writer's even on another host.
+SHARED_TEMP_MAX_AGE_S = 3600
+
+
 def remove_stale_temp_files(root: str | os.PathLike[str], older_than_s: float = 0.0) -> list[Path]:
     """Delete temporary files that a killed writer left under ``root``: those whose writer
     process on this host is gone, and any not modified for ``older_than_s`` seconds (so a live

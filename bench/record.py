@@ -22,6 +22,7 @@ newer version) are kept in ``extra`` and written back unchanged.
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -34,6 +35,11 @@ RECORD_VERSION = 2
 #: Built-in coresets: the kind of a version-1 record without ``kind`` is inferred from them.
 KNOWN_CORESETS = ("random", "herding", "kcenter", "forgetting")
 _LOCAL = {"stored": False}  # field metadata: not written to the JSON file
+
+
+def timestamp() -> str:
+    """When a record or manifest was written: local time with its UTC offset."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
 class RecordError(UserError, ValueError):

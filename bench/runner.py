@@ -22,14 +22,11 @@ from bench.cell import execute_cell, failure_record, prepared
 from bench.config import ConfigError
 from bench.executors.ray_dispatch import task_slots
 from bench.grid import Cell, GridConfig, cell_hash, plan_cells
-from bench.io import check_writable_dir, remove_stale_temp_files
+from bench.io import SHARED_TEMP_MAX_AGE_S, check_writable_dir, remove_stale_temp_files
 from bench.registry import load_plugins
 from bench.store import GridResults, ResultStore
 
 __all__ = ["GridRun", "execute_cell", "prepared", "task_slots"]  # the last three: moved, re-exported
-
-#: Temp files in the shared cache older than this are a dead writer's even on another host.
-CACHE_TEMP_MAX_AGE_S = 3600
 
 
 class GridRun:
@@ -50,9 +47,21 @@ class GridRun:
         self._bar: Any = None
         self._task: Any = None
 
-    def pending(self) -> list[Cell]:
-        todo = [c for c in self.cells if not self.store.finished(c, self.hashes[c.id])]
-        self.skipped = [c for c in self.cells if c not in todo]
+    def pending(self, retire_stale: bool = False) -> list[Cell]:
+        """The cells without a finished record of this recipe (each record read once); the
+        others are ``skipped``. ``retire_stale``: move aside the record of a planned cell made
+        by another recipe, so a cell that now fails (or is not reached) never shows its old
+        number."""
+        todo, self.skipped = [], []
+        for cell in self.cells:
+            record = self.store.read_record(cell)
+            if record is not None and record.cell_hash == self.hashes[cell.id]:
+                self.skipped.append(cell)
+                continue
+            if record is not None and retire_stale:
+                self.store.retire(cell)
+                self.retired.append(cell.id)
+            todo.append(cell)
         return todo
 
     def check_outputs(self) -> None:
@@ -69,30 +78,21 @@ class GridRun:
                 raise ConfigError(f"budgets: budget {too_big[0]} is larger than the training set of "
                                   f"{data_cfg.name} ({n} pairs)")
 
-    def retire_stale(self) -> list[str]:
-        """Move aside the records of planned cells made by another recipe: a cell that now
-        fails (or is not reached) must never show its old number."""
-        for cell in self.cells:
-            record = self.store.read_record(cell)
-            if record is not None and record.cell_hash != self.hashes[cell.id]:
-                self.store.retire(cell)
-                self.retired.append(cell.id)
-        return self.retired
+    def remove_temp_files(self) -> None:
+        """Temp files of writers killed mid-write (a crashed driver or worker). Results: all of
+        them, nothing else writes here; the shared cache: those whose writer is gone."""
+        remove_stale_temp_files(self.grid.results_dir)
+        remove_stale_temp_files(self.grid.cache_dir, older_than_s=SHARED_TEMP_MAX_AGE_S)
 
     def run(self) -> GridRun:
         self.check_outputs()
         self.check_budgets()  # also prepares every dataset (and its caches) once, up front
-        # Temp files of writers killed mid-write (a crashed driver or worker). Results: all of
-        # them, nothing else writes here; the shared cache: those whose writer is gone.
-        remove_stale_temp_files(self.grid.results_dir)
-        remove_stale_temp_files(self.grid.cache_dir, older_than_s=CACHE_TEMP_MAX_AGE_S)
+        self.remove_temp_files()
         self.store.write_manifest(self.grid.name, self.grid.config_hash, self.hashes)
-        self.retire_stale()
-        todo = self.pending()
+        todo = self.pending(retire_stale=True)
         if todo:
             self._execute(todo)
-            remove_stale_temp_files(self.grid.results_dir)
-            remove_stale_temp_files(self.grid.cache_dir, older_than_s=CACHE_TEMP_MAX_AGE_S)
+            self.remove_temp_files()
         return self
 
     def results(self) -> GridResults:

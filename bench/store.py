@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from bench.errors import UserError
 from bench.io import torch_save_atomic, write_json_atomic
-from bench.record import CellRecord, FailureRecord, GridManifest, RecordError
+from bench.record import CellRecord, FailureRecord, GridManifest, RecordError, timestamp
 
 if TYPE_CHECKING:  # the store itself needs only ids; keeps `run_bench.py table` free of torch
     from bench.grid import Cell
@@ -44,6 +43,21 @@ def _id(cell: Cell | str) -> str:
     return cell if isinstance(cell, str) else cell.id
 
 
+def _record_files(directory: Path) -> list[Path]:
+    """The cell records in a records directory: not the hidden temporary files of atomic
+    writes, not ``*.failed.json``."""
+    return [p for p in sorted(directory.glob("*.json"))
+            if not p.name.startswith(".") and not p.name.endswith(FAILED_SUFFIX)]
+
+
+def _read_json(path: Path, what: str) -> Any:
+    """The JSON in ``path``; a :class:`RecordError` naming the file when it cannot be read."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RecordError(f"{path}: cannot read {what}: {exc}") from exc
+
+
 def records_dir(results_dir: str | os.PathLike[str]) -> Path:
     """``<results_dir>/records`` when it exists, else ``results_dir`` itself (a records dir)."""
     root = Path(results_dir)
@@ -58,13 +72,8 @@ def read_records(results_dir: str | os.PathLike[str]) -> list[CellRecord]:
     if not root.is_dir():
         raise MissingResultsError(f"results directory {root} does not exist")
     records = []
-    for path in sorted(records_dir(root).glob("*.json")):
-        if path.name.startswith(".") or path.name.endswith(FAILED_SUFFIX):
-            continue
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise RecordError(f"{path}: cannot read result record: {exc}") from exc
+    for path in _record_files(records_dir(root)):
+        data = _read_json(path, "result record")
         if isinstance(data, dict) and data.get("status", "ok") != "ok":
             continue
         records.append(CellRecord.from_json(data, path))
@@ -113,18 +122,18 @@ class ResultStore:
     # ------------------------------------------------------------------ cells
     def read_record(self, cell: Cell | str) -> CellRecord | None:
         """The cell's finished record, or None (absent, unreadable, unfinished)."""
+        path = self.record_path(cell)
         try:
-            data = json.loads(self.record_path(cell).read_text(encoding="utf-8"))
-            record = CellRecord.from_json(data, self.record_path(cell))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecordError, TypeError):
+            record = CellRecord.from_json(_read_json(path, "result record"), path)
+        except (RecordError, TypeError):
             return None
         return record if record.status == "ok" else None
 
     def read_failure(self, cell: Cell | str) -> FailureRecord | None:
+        path = self.failure_path(cell)
         try:
-            data = json.loads(self.failure_path(cell).read_text(encoding="utf-8"))
-            return FailureRecord.from_json(data, self.failure_path(cell))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecordError, TypeError):
+            return FailureRecord.from_json(_read_json(path, "failure record"), path)
+        except (RecordError, TypeError):
             return None
 
     def finished(self, cell: Cell | str, cell_hash: str) -> bool:
@@ -170,18 +179,14 @@ class ResultStore:
     # ------------------------------------------------------------------ the grid
     def write_manifest(self, name: str, config_hash: str, cells: Mapping[str, str]) -> Path:
         manifest = GridManifest(cells=dict(cells), name=name, config_hash=config_hash,
-                                written_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                                written_at=timestamp())
         return write_json_atomic(self.manifest_path, manifest.to_json())
 
     def read_manifest(self) -> GridManifest | None:
         """The grid last run here, or None (no ``grid.json``: results of an older version)."""
         if not self.manifest_path.is_file():
             return None
-        try:
-            data = json.loads(self.manifest_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise RecordError(f"{self.manifest_path}: cannot read the grid manifest: {exc}") from exc
-        return GridManifest.from_json(data, self.manifest_path)
+        return GridManifest.from_json(_read_json(self.manifest_path, "the grid manifest"), self.manifest_path)
 
     def grid_results(self, cells: Mapping[str, str]) -> GridResults:
         """The current records of the grid whose cells (id -> hash) are given, and why each
@@ -203,6 +208,5 @@ class ResultStore:
             else:
                 missing[cell_id] = "not run"
         shown = {r.cell_id for r in current}
-        others = [p for p in (self.root / "records").glob("*.json") if not p.name.startswith(".")
-                  and not p.name.endswith(FAILED_SUFFIX) and p.stem not in shown]
+        others = [p for p in _record_files(self.root / "records") if p.stem not in shown]
         return GridResults(current, missing, ignored=len(others))

@@ -3,7 +3,6 @@ GPU or timm, and keyed so that `table --reference paper` puts the published numb
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -13,7 +12,6 @@ import numpy as np
 import pytest
 
 from bench.grid import GridConfig, cell_method_params, load_grid, plan_cells
-from bench.reports.cli import add_table_arguments
 from bench.reports.records import aggregate, load_records
 from bench.reports.tables import load_reference, paper_table
 
@@ -170,8 +168,8 @@ def test_table_reference_puts_published_numbers_beside_ours(tmp_path, capsys):
     assert table.loc[(100, "mean"), "lors (paper)"].startswith("27.4")
 
     # The same through the command line, as the README shows it.
-    parser = add_table_arguments(argparse.ArgumentParser())
-    args = parser.parse_args([str(results), "--reference", "paper"])
-    assert args.func(args) == 0
+    from bench.cli import main
+
+    assert main(["table", str(results), "--reference", "paper"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if "| tr@1 " in line]
     assert len(rows) == 1 and ours_text in rows[0] and "9.9 \u00b1 0.3" in rows[0]

@@ -3,7 +3,6 @@ plots/grids and the ``table`` command. Synthetic records only: fast, no training
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 from pathlib import Path
@@ -14,7 +13,6 @@ import pytest
 import torch
 from PIL import Image
 
-from bench.reports.cli import add_table_arguments
 from bench.reports.plots import plot_recall_vs_budget, save_pair_grid
 from bench.reports.records import RecordError, aggregate, load_records
 from bench.reports.tables import (
@@ -207,9 +205,9 @@ def test_save_pair_grid(tmp_path: Path, dtype: str) -> None:
 
 
 def _run_cli(argv: list[str]) -> int:
-    parser = add_table_arguments(argparse.ArgumentParser())
-    args = parser.parse_args(argv)
-    return args.func(args)
+    from bench.cli import main
+
+    return main(["table", *argv])
 
 
 def test_cli(results_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -348,7 +348,6 @@ class CheckedKarpathy:
     """A dataset whose annotations and image files passed phases 1 and 2: everything but the
     pixels, and the key of its image cache entry (:func:`cache_key`)."""
 
-    spec: KarpathySpec
     parsed: tuple[ParsedSplit, ...]
     key: str
 
@@ -371,7 +370,7 @@ def check_karpathy(spec: KarpathySpec) -> CheckedKarpathy:
     _check_disjoint(parsed, problems)
     stats = {p.split: _stat_images(p, root, problems) for p in parsed}
     problems.raise_if_any()
-    return CheckedKarpathy(spec, tuple(parsed), cache_key(parsed, stats, spec.resolution))
+    return CheckedKarpathy(tuple(parsed), cache_key(parsed, stats, spec.resolution))
 
 
 def load_karpathy(

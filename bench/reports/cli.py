@@ -60,19 +60,8 @@ def _grid_records(results_dir: str) -> tuple[list, dict[str, str]]:
 
 
 def table_command(args: argparse.Namespace) -> int:
-    """Render the tables; 0 on success, 2 (with a message on stderr) on a usage/data error."""
-    from bench.errors import UserError
-
-    try:
-        return _table(args)
-    except UserError as exc:
-        if getattr(args, "debug", False):
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-
-def _table(args: argparse.Namespace) -> int:
+    """Render the tables; 0 on success. A usage or data error is a :class:`bench.errors.UserError`,
+    reported (one line, exit status 2) by :func:`bench.cli.main` like every command's."""
     import pandas as pd
 
     from bench.io import write_text_atomic
