@@ -36,9 +36,11 @@ def embed_split(
 def embed_pairs(
     student: Student, pairs: PairSet, device: torch.device, batch_size: int = 512
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalised (image, caption) embeddings of every pair of a pair set."""
+    """Normalised (image, caption) embeddings of every pair of a pair set. Each distinct image
+    goes through the tower once (a real image has ~5 captions, so ~5 pairs)."""
     student.eval().to(device)
-    images = _batched(lambda s: student.encode_images(pairs.batch(torch.arange(len(pairs))[s], device)[0]),
-                      len(pairs), batch_size)
+    unique, inverse = torch.unique(pairs.image_index, return_inverse=True)
+    images = _batched(lambda s: student.encode_images(normalize_images(pairs.images[unique[s]].to(device))),
+                      len(unique), batch_size)[inverse]
     texts = _batched(lambda s: student.encode_texts(pairs.text_emb[s].to(device)), len(pairs), batch_size)
     return images, texts

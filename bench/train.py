@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -102,7 +102,8 @@ def train_student(
     student.to(device).train()
     # A frozen tower maps an image to the same features at every step: compute them once.
     cached = student.frozen_tower and cfg.augment is None
-    features = tower_features(student, pairs.images, device) if cached else None
+    if cached:
+        pairs = replace(pairs, images=tower_features(student, pairs.images, device))
     augment_gen = torch.Generator().manual_seed(int(np.random.default_rng([seed, 1]).integers(2**62)))
     targets = pairs.soft_targets
     optimizer = make_optimizer(student, cfg)
@@ -119,14 +120,11 @@ def train_student(
             total = 0.0
             for start in range(0, len(pairs), cfg.batch_size):
                 batch = order[start : start + cfg.batch_size]
-                if features is None:
-                    images, texts = pairs.batch(batch, device)
-                    if cfg.augment is not None:
-                        images = augment_batch(images, cfg.augment, augment_gen)
-                else:
-                    images, texts = features[pairs.image_index[batch]], pairs.text_emb[batch].to(device)
+                images, texts = pairs.batch(batch, device)
+                if cfg.augment is not None:
+                    images = augment_batch(images, cfg.augment, augment_gen)
                 with cfg.autocast(device):
-                    image_emb, text_emb = student(images, texts, from_features=features is not None)
+                    image_emb, text_emb = student(images, texts, from_features=cached)
                 if cfg.precision == "bf16":  # the loss in float32
                     image_emb, text_emb = image_emb.float(), text_emb.float()
                 if targets is None:

@@ -20,13 +20,16 @@ import copy
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from bench.config import ConfigError, apply_overrides, load_yaml, yaml_problem
 from bench.io import write_json_atomic
 from bench.record import CellRecord
+
+if TYPE_CHECKING:
+    from bench.grid import MethodSpec
 
 SPLIT = "val"
 
@@ -63,24 +66,28 @@ def trials(method_key: str, space: dict[str, list[Any]]) -> list[Trial]:
     return [Trial(f"{method_key}-t{i:02d}", dict(zip(names, combo))) for i, combo in enumerate(combos)]
 
 
-def _find_method(data: dict[str, Any], key: str) -> dict[str, Any]:
-    for entry in data.get("methods") or []:
-        spec = {"name": entry} if isinstance(entry, str) else dict(entry)
-        if (spec.get("label") or spec.get("name")) == key:
+def _find_method(data: dict[str, Any], key: str) -> MethodSpec:
+    from bench.config import from_dict
+    from bench.grid import MethodSpec
+
+    specs = [from_dict(MethodSpec, MethodSpec.coerce_config(entry), f"methods[{i}]")
+             for i, entry in enumerate(data.get("methods") or [])]
+    for spec in specs:
+        if spec.key == key:
             return spec
-    listed = [(m if isinstance(m, str) else m.get("label") or m.get("name")) for m in data.get("methods") or []]
-    raise ConfigError(f"--method {key!r} is not a method of the config (its methods: {listed})")
+    raise ConfigError(f"--method {key!r} is not a method of the config (its methods: {[s.key for s in specs]})")
 
 
 def tuning_data(data: dict[str, Any], method_key: str, budget: int, space: dict[str, list[Any]],
                 seeds: list[int] | None = None) -> tuple[dict[str, Any], list[Trial]]:
     """The raw grid of one search: one method entry per trial at ``budget``, on val."""
+    from bench.grid import GridConfig
+
     data = copy.deepcopy(data)
     spec = _find_method(data, method_key)
-    overrides = (spec.get("budget_params") or {})
-    base = {**(spec.get("params") or {}), **(overrides.get(budget) or overrides.get(str(budget)) or {})}
+    base = spec.params_for(budget)
     found = trials(method_key, space)
-    data["methods"] = [{"name": spec["name"], "label": t.label, "params": {**base, **t.values}} for t in found]
+    data["methods"] = [{"name": spec.name, "label": t.label, "params": {**base, **t.values}} for t in found]
     data["budgets"] = [budget]
     data["include_full"] = False
     if seeds is not None:
@@ -88,7 +95,8 @@ def tuning_data(data: dict[str, Any], method_key: str, budget: int, space: dict[
     evaluation = data.setdefault("evaluation", {}) or {}
     evaluation["split"] = SPLIT
     data["evaluation"] = evaluation
-    data["results_dir"] = str(Path(data.get("results_dir", "results/quickstart")) / "tune" / f"{method_key}-b{budget}")
+    results_dir = data.get("results_dir", GridConfig.__dataclass_fields__["results_dir"].default)
+    data["results_dir"] = str(Path(results_dir) / "tune" / f"{method_key}-b{budget}")
     return data, found
 
 

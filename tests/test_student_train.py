@@ -119,3 +119,24 @@ def test_a_diverging_training_stops_with_a_clear_error():
     cfg = TrainConfig(epochs=5, batch_size=8, lr_image=1e38, lr_text=1e38, momentum=0.0)
     with pytest.raises(FloatingPointError, match="training diverged.*epoch"):
         train_student(student, _pairs(), cfg, 0, CPU)
+
+
+def test_embed_pairs_encodes_each_image_once_with_the_per_pair_numbers():
+    """Real pairs share images (about five captions each): the embeddings equal encoding every
+    pair's image on its own, and the tower sees each distinct image once."""
+    from bench.embed import embed_pairs
+
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8, generator=gen)
+    image_index = torch.tensor([0, 0, 1, 2, 2, 2, 5, 3, 5, 4, 1])
+    pairs = PairSet(images, image_index, torch.randn(11, 6, generator=gen))
+    student = build_student(ModelConfig(image_encoder=ImageEncoderConfig(width=4, depth=1)), 8, 6, seed=0).eval()
+    seen = []
+    student.image_encoder.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].shape[0]))
+    image_emb, text_emb = embed_pairs(student, pairs, torch.device("cpu"), batch_size=4)
+    assert sum(seen) == 6
+    with torch.no_grad():
+        for i in range(len(pairs)):
+            expected = student.encode_images(normalize_images(images[image_index[i]][None]))
+            torch.testing.assert_close(image_emb[i:i + 1], expected, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(text_emb[i:i + 1], student.encode_texts(pairs.text_emb[i:i + 1]), rtol=1e-5, atol=1e-6)

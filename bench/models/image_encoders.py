@@ -137,7 +137,7 @@ class TimmImageEncoder(nn.Module):
             raise ImportError("image_encoder 'timm' needs the optional extra: pip install -e '.[timm]'") from exc
         self.model = timm.create_model(cfg.timm_name, pretrained=False, num_classes=0)
         if cfg.pretrained and cfg.path:
-            state = torch.load(Path(cfg.path).expanduser(), map_location="cpu", weights_only=True)
+            state = load_state_dict(cfg.path)
             missing, _ = self.model.load_state_dict(state, strict=False)
             if missing:
                 raise ValueError(f"checkpoint {cfg.path} lacks {len(missing)} weights of {cfg.timm_name}, e.g. {missing[:3]}")
