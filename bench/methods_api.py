@@ -23,8 +23,8 @@ from bench.data.pairs import PairSet, SoftTargets
 from bench.models.student import ModelConfig
 
 if TYPE_CHECKING:  # real types for plugin authors, without importing training code here
-    from bench.experts import TrajectoryBuffer
-    from bench.proxy import ProxyRun
+    from bench.distill.experts import TrajectoryBuffer
+    from bench.protocol.proxy import ProxyRun
 
 MethodKind = Literal["coreset", "distillation", "reference"]
 
@@ -82,7 +82,7 @@ class MethodContext:
         return self.data.train.n_captions
 
     def proxy(self) -> ProxyRun:
-        """The proxy run (:class:`bench.proxy.ProxyRun`): pair features and forgetting stats."""
+        """The proxy run (:class:`bench.protocol.proxy.ProxyRun`): pair features and forgetting stats."""
         if self._proxy is None:
             if self._proxy_loader is None:
                 raise RuntimeError("this context has no proxy model configured")
@@ -90,7 +90,7 @@ class MethodContext:
         return self._proxy
 
     def experts(self) -> TrajectoryBuffer:
-        """The dataset's expert trajectories (:class:`bench.experts.TrajectoryBuffer`)."""
+        """The dataset's expert trajectories (:class:`bench.distill.experts.TrajectoryBuffer`)."""
         if self._experts_loader is None:
             raise RuntimeError("this context has no expert trajectories configured")
         return self._experts_loader()

@@ -18,8 +18,8 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TypeVar
 
-from bench.config import check_path_name
-from bench.errors import UserError
+from bench.core.config import check_path_name
+from bench.core.errors import UserError
 from bench.methods_api import Method, MethodKind
 
 ENTRY_POINT_GROUP = "vl_bench.methods"

@@ -19,11 +19,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anyw
 
 import torch  # noqa: E402
 
-from bench.cell import prepared  # noqa: E402
+from bench.core.env import format_machine, pick_device  # noqa: E402
 from bench.data.pairs import PairSet, SoftTargets  # noqa: E402
-from bench.env import format_machine, pick_device  # noqa: E402
-from bench.evaluate import evaluate_pair_set, summarize  # noqa: E402
-from bench.grid import load_grid  # noqa: E402
+from bench.grid.cell import prepared  # noqa: E402
+from bench.grid.spec import load_grid  # noqa: E402
+from bench.protocol.evaluate import evaluate_pair_set, summarize  # noqa: E402
 
 
 def variants(matrix: torch.Tensor) -> dict[str, torch.Tensor | None]:

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anyw
 
 import numpy as np  # noqa: E402
 
-from bench.env import format_machine, machine_info  # noqa: E402
+from bench.core.env import format_machine, machine_info  # noqa: E402
 from methods.coresets import forgetting, herding, kcenter  # noqa: E402
 from methods.coresets import random as random_coreset  # noqa: E402
 

@@ -56,10 +56,15 @@ sys.path.insert(0, str(REPO))  # run from anywhere
 import torch  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
-from bench.env import format_machine, pick_device  # noqa: E402
-from bench.grid import GridConfig, load_grid  # noqa: E402
-from bench.matching import LearnedTensor, MatchingConfig, TrajectoryMatcher, step_sizes  # noqa: E402
-from bench.measure import measure  # noqa: E402
+from bench.core.env import format_machine, pick_device  # noqa: E402
+from bench.core.measure import measure  # noqa: E402
+from bench.distill.matching import (  # noqa: E402
+    LearnedTensor,
+    MatchingConfig,
+    TrajectoryMatcher,
+    step_sizes,
+)
+from bench.grid.spec import GridConfig, load_grid  # noqa: E402
 from bench.models.losses import contrastive_loss  # noqa: E402
 from bench.models.student import ModelConfig, Student, build_student, tower_features  # noqa: E402
 from benchmarks._towers import add_vit_arguments, describe_vit, tower_models  # noqa: E402
@@ -70,7 +75,7 @@ MODES = ("original", "unrolled", "recompute", "recompute+segment", "unrolled+bf1
 
 
 class RandomExperts:
-    """Stands in for a :class:`bench.experts.TrajectoryBuffer`: one expert whose epoch 0 is a
+    """Stands in for a :class:`bench.distill.experts.TrajectoryBuffer`: one expert whose epoch 0 is a
     fresh student and whose epoch e is that plus e small Gaussian steps."""
 
     key = "random-experts"

@@ -1,7 +1,7 @@
 """Expert training throughput: pairs per second, seconds per epoch, buffer size, peak memory.
 
 Trains ``--experts`` experts of a grid config's dataset + model + expert recipe (the same
-``bench.experts.train_expert`` a grid runs, into a temporary cache) and prints, per expert,
+``bench.distill.experts.train_expert`` a grid runs, into a temporary cache) and prints, per expert,
 the wall time, training pairs per second, the size of its trajectory file and the peak RSS
 (and CUDA memory on a GPU). Dataset preparation (decoding, caption embeddings) is done once
 beforehand and not timed.
@@ -23,11 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anyw
 
 import torch  # noqa: E402
 
+from bench.core.env import format_machine, machine_info, pick_device  # noqa: E402
+from bench.core.measure import measure  # noqa: E402
 from bench.data.datasets import PreparedDataset, prepare_dataset  # noqa: E402
-from bench.env import format_machine, machine_info, pick_device  # noqa: E402
-from bench.experts import train_expert  # noqa: E402
-from bench.grid import GridConfig, load_grid  # noqa: E402
-from bench.measure import measure  # noqa: E402
+from bench.distill.experts import train_expert  # noqa: E402
+from bench.grid.spec import GridConfig, load_grid  # noqa: E402
 from bench.models.student import ModelConfig, build_student  # noqa: E402
 from benchmarks._towers import add_vit_arguments, describe_vit, tower_models  # noqa: E402
 

@@ -23,10 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere
 
-from bench.env import format_machine, machine_info  # noqa: E402
-from bench.grid import load_grid  # noqa: E402
+from bench.core.env import format_machine, machine_info  # noqa: E402
+from bench.grid.runner import GridRun  # noqa: E402
+from bench.grid.spec import load_grid  # noqa: E402
 from bench.reports.records import load_records  # noqa: E402
-from bench.runner import GridRun  # noqa: E402
 
 SMALL = [
     "datasets.0.embedded.n_train_images=400", "datasets.0.embedded.n_val_images=50",

@@ -1,4 +1,4 @@
-"""Time bench.retrieval.retrieval_metrics with the faiss and torch backends.
+"""Time bench.protocol.retrieval.retrieval_metrics with the faiss and torch backends.
 
 Random embeddings at a test-split size (default 5,000 images x 25,000 captions x 512-d);
 captions are their image plus noise so recalls are neither 0 nor 100. Prints best-of-N and
@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anyw
 
 import torch  # noqa: E402
 
-from bench.env import format_machine, machine_info  # noqa: E402
-from bench.retrieval import faiss_has_gpu, retrieval_metrics  # noqa: E402
+from bench.core.env import format_machine, machine_info  # noqa: E402
+from bench.protocol.retrieval import faiss_has_gpu, retrieval_metrics  # noqa: E402
 
 
 def main() -> int:

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import torch
 
-from bench.flat_params import ParamLayout
+from bench.distill.flat_params import ParamLayout
+from bench.distill.unroll import StepPlan
 from bench.models.losses import contrastive_loss
 from bench.models.student import Student, functional_embed
-from bench.unroll import StepPlan
 
 
 def original_meta_gradients(student: Student, layout: ParamLayout, images: torch.Tensor, texts: torch.Tensor,

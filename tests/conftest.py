@@ -16,7 +16,7 @@ def isolated_registry(monkeypatch):
 def one_thread():
     """One torch thread for tiny problems: a second thread only spins, and crawls when the
     other core is busy. Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
-    from bench.env import torch_threads
+    from bench.core.env import torch_threads
 
     with torch_threads(1):
         yield

@@ -9,8 +9,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from bench.config import from_dict
-from bench.grid import GridConfig
+from bench.core.config import from_dict
+from bench.grid.spec import GridConfig
 
 REPO = Path(__file__).resolve().parent.parent
 #: Environment for a run_bench.py subprocess that starts a local Ray cluster.
@@ -66,8 +66,8 @@ def distill_env(root: Path) -> SimpleNamespace:
     """A tiny grid, its prepared data and trained experts (``TINY_EXPERTS``), for matching tests."""
     import torch
 
-    from bench.experts import ExpertConfig, ensure_experts
-    from bench.runner import prepared
+    from bench.distill.experts import ExpertConfig, ensure_experts
+    from bench.grid.cell import prepared
 
     grid = tiny_grid(root)
     data = prepared(grid, "embedded")

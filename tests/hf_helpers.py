@@ -14,8 +14,16 @@ SMALL = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "i
 
 def tiny_models() -> dict[str, tuple[Callable[[], nn.Module], int]]:
     """kind -> (make the model, the width of its pooled feature)."""
-    from transformers import (CLIPConfig, CLIPModel, ConvNextConfig, ConvNextModel, ResNetConfig, ResNetModel,
-                              ViTConfig, ViTModel)
+    from transformers import (
+        CLIPConfig,
+        CLIPModel,
+        ConvNextConfig,
+        ConvNextModel,
+        ResNetConfig,
+        ResNetModel,
+        ViTConfig,
+        ViTModel,
+    )
 
     return {
         "vit": (lambda: ViTModel(ViTConfig(image_size=32, patch_size=8, **SMALL)), 32),

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from bench.augment import AugmentConfig, Augmentation, augment_batch
 from bench.data.pairs import PairSet
-from bench.matching import MatchingConfig, TrajectoryMatcher
+from bench.distill.matching import MatchingConfig, TrajectoryMatcher
 from bench.models.image_encoders import ImageEncoderConfig
 from bench.models.student import ModelConfig, build_student
-from bench.train import TrainConfig, train_student
+from bench.protocol.augment import Augmentation, AugmentConfig, augment_batch
+from bench.protocol.train import TrainConfig, train_student
 from benchmarks.bench_distill import RandomExperts
 
 CPU = torch.device("cpu")

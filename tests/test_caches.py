@@ -15,13 +15,19 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from bench.cell import prepared
-from bench.cli import main
-from bench.config import to_dict
-from bench.experts import expert_key, train_expert
-from bench.io import atomic_path, load_torch_or_none, remove_stale_temp_files, torch_save_atomic, write_text_atomic
-from bench.proxy import load_or_compute_proxy, proxy_key
-from bench.runner import GridRun
+from bench.commands.cli import main
+from bench.core.config import to_dict
+from bench.core.io import (
+    atomic_path,
+    load_torch_or_none,
+    remove_stale_temp_files,
+    torch_save_atomic,
+    write_text_atomic,
+)
+from bench.distill.experts import expert_key, train_expert
+from bench.grid.cell import prepared
+from bench.grid.runner import GridRun
+from bench.protocol.proxy import load_or_compute_proxy, proxy_key
 from tests.grid_helpers import tiny_grid
 
 CPU = torch.device("cpu")
@@ -48,7 +54,12 @@ def _rebuilt(path: Path, what: str, build):
 
 
 def test_corrupt_caption_embeddings_are_rebuilt(tmp_path):
-    from bench.data.text_encoder import TextEncoderConfig, cached_caption_embeddings, caption_cache_path, model_identity
+    from bench.data.text_encoder import (
+        TextEncoderConfig,
+        cached_caption_embeddings,
+        caption_cache_path,
+        model_identity,
+    )
 
     cfg, captions = TextEncoderConfig(), ["a red circle", "two blue squares", "a green star"]
     first = cached_caption_embeddings(cfg, captions, tmp_path, label="d-train")
@@ -150,7 +161,7 @@ def _dead_pid() -> int:
 
 
 def test_temp_files_of_dead_writers_are_removed(tmp_path):
-    import bench.io as bio
+    import bench.core.io as bio
 
     final = tmp_path / "distill" / "ckpt.pt"
     final.parent.mkdir()

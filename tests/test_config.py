@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from bench.config import ConfigError, apply_overrides, from_dict, to_dict
-from bench.grid import GridConfig as ExperimentConfig
-from bench.grid import load_grid as load_experiment
-from bench.train import TrainConfig
+from bench.core.config import ConfigError, apply_overrides, from_dict, to_dict
+from bench.grid.spec import GridConfig as ExperimentConfig
+from bench.grid.spec import load_grid as load_experiment
+from bench.protocol.train import TrainConfig
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -83,13 +83,13 @@ def _budget_grid(budget_params, budgets=(100, 1000), params=None):
 
 
 def _distill_cells(grid):
-    from bench.grid import plan_cells
+    from bench.grid.spec import plan_cells
 
     return {c.budget: c for c in plan_cells(grid) if c.method == "distill-joint"}
 
 
 def test_budget_params_apply_to_their_budget_only():
-    from bench.grid import cell_method_params, validate_methods
+    from bench.grid.spec import cell_method_params, validate_methods
 
     grid = from_dict(ExperimentConfig, _budget_grid({1000: {"lr_img": 5000, "iterations": 3}}))
     validate_methods(grid)
@@ -101,7 +101,7 @@ def test_budget_params_apply_to_their_budget_only():
 
 
 def test_budget_override_changes_only_its_own_cell_hash():
-    from bench.grid import cell_hash
+    from bench.grid.spec import cell_hash
 
     a = from_dict(ExperimentConfig, _budget_grid({1000: {"lr_img": 5000}}))
     b = from_dict(ExperimentConfig, _budget_grid({1000: {"lr_img": 6000}}))
@@ -120,7 +120,7 @@ def test_a_cell_hash_covers_what_determines_the_cell_and_nothing_else(monkeypatc
     budget's override, leaves the hash alone (and so a changed default changes it); another
     proxy recipe (for a method that reads the proxy), another expert recipe (for one that reads
     experts) or a bumped method version changes it; unrelated sections do not."""
-    from bench.grid import cell_hash, plan_cells
+    from bench.grid.spec import cell_hash, plan_cells
     from bench.registry import get_method
 
     def hashes(data):
@@ -148,7 +148,7 @@ def test_a_cell_hash_covers_what_determines_the_cell_and_nothing_else(monkeypatc
 
 
 def test_budget_params_errors_name_their_path():
-    from bench.grid import validate_methods
+    from bench.grid.spec import validate_methods
 
     with pytest.raises(ConfigError) as err:
         validate_methods(from_dict(ExperimentConfig, _budget_grid({1000: {"lr_imgg": 5000}})))

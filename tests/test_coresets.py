@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from bench.data.pairs import PairSet
+from bench.protocol.proxy import ProxyRun
 from bench.registry import get_method
-from bench.proxy import ProxyRun
 from methods.coresets import forgetting, herding, kcenter
 from methods.coresets import random as random_coreset
 
@@ -302,7 +302,7 @@ def test_method_run_rejects_proxy_of_wrong_size() -> None:
 
 
 def test_the_proxy_summarises_its_forgetting_scores_and_flags_degenerate_ones() -> None:
-    from bench.proxy import ProxyRun
+    from bench.protocol.proxy import ProxyRun
 
     counts = np.array([0, 0, 2, 1, 1, 0, 0, 0])
     learned = np.array([False, False, True, True, True, True, False, False])
@@ -318,7 +318,7 @@ def test_a_forgetting_cell_warns_about_degenerate_scores_and_records_them(tmp_pa
     import json
     import warnings
 
-    from bench.runner import GridRun
+    from bench.grid.runner import GridRun
     from tests.grid_helpers import tiny_grid
 
     grid = tiny_grid(tmp_path, methods=["forgetting"], include_full=False, proxy={"epochs": 1, "batch_size": 64})

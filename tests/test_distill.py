@@ -15,21 +15,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch.nn import functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from torch.nn import functional as F
 
-import bench.experts
-from bench.env import torch_threads
-from bench.experts import TrajectoryBuffer, ensure_experts, expert_dir, expert_key, open_buffer
-from bench.flat_params import ParamLayout
-from bench.matching import MatchingConfig, TrajectoryMatcher
-from bench.unroll import matching_distance
-from benchmarks.original_loop import original_meta_gradients
-from methods.distill._trajectory import synthetic_start
+import bench.distill.experts
+from bench.core.env import torch_threads
+from bench.distill.experts import (
+    TrajectoryBuffer,
+    ensure_experts,
+    expert_dir,
+    expert_key,
+    open_buffer,
+)
+from bench.distill.flat_params import ParamLayout
+from bench.distill.matching import MatchingConfig, TrajectoryMatcher
+from bench.distill.unroll import matching_distance
+from bench.grid.runner import GridRun
 from bench.models.student import build_student
 from bench.registry import get_method
-from bench.runner import GridRun
+from benchmarks.original_loop import original_meta_gradients
+from methods.distill._trajectory import synthetic_start
 from tests.grid_helpers import TINY_EXPERTS, distill_env, tiny_grid
 
 CPU = torch.device("cpu")
@@ -98,7 +104,7 @@ def test_existing_experts_are_not_retrained(env, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("ensure_experts retrained an expert that is on disk")
 
-    monkeypatch.setattr(bench.experts, "train_student", refuse)
+    monkeypatch.setattr(bench.distill.experts, "train_student", refuse)
     mtimes = [p.stat().st_mtime_ns for p in env.buffer.paths]
     again = ensure_experts(env.data, env.grid.model, env.cfg, env.base, env.grid.cache_dir, CPU)
     assert again.paths == env.buffer.paths and again.key == env.buffer.key
@@ -367,16 +373,16 @@ def test_step_sizes_never_go_negative(env):
 
 
 def test_a_batch_larger_than_the_set_is_the_whole_set(env, monkeypatch):
-    import bench.unroll
+    import bench.distill.unroll
 
     batches = []
-    original = bench.unroll.functional_embed
+    original = bench.distill.unroll.functional_embed
 
     def spy(student, params, images, texts, **kwargs):
         batches.append(images.shape[0])
         return original(student, params, images, texts, **kwargs)
 
-    monkeypatch.setattr(bench.unroll, "functional_embed", spy)
+    monkeypatch.setattr(bench.distill.unroll, "functional_embed", spy)
     cfg = MatchingConfig(iterations=1, syn_steps=3, batch_syn=50, checkpoint_every=0, memory="unrolled")
     _matcher(env, cfg).run(_learned(cfg, _real(env, n=10)), seed=0, key="big batch")
     assert batches == [10, 10, 10]  # not 50 rows with every pair five times over
@@ -466,7 +472,7 @@ def test_config_errors(env):
 def test_plot_matching_loss_writes_a_png(tmp_path):
     from PIL import Image
 
-    from bench.reports.plots import plot_matching_loss
+    from bench.grid.pictures import plot_matching_loss
 
     losses = list(2.0 - np.log1p(np.arange(60)) / 5 + 0.1 * np.sin(np.arange(60)))
     for name, values in (("many.png", losses), ("one.png", [1.5]), ("spiky.png", [1e4, 3.0, 2.0, 1.0])):

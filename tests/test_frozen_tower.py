@@ -9,10 +9,10 @@ import torch
 from safetensors.torch import save_file
 
 from bench.data.pairs import PairSet
-from bench.matching import MatchingConfig, TrajectoryMatcher
+from bench.distill.matching import MatchingConfig, TrajectoryMatcher
 from bench.models.image_encoders import ImageEncoderConfig
 from bench.models.student import ModelConfig, build_student
-from bench.train import TrainConfig, train_student
+from bench.protocol.train import TrainConfig, train_student
 from benchmarks.bench_distill import RandomExperts
 
 CPU = torch.device("cpu")

@@ -9,7 +9,7 @@ from bench.data.pairs import PairSet
 from bench.models.image_encoders import ImageEncoderConfig, build_image_encoder
 from bench.models.losses import contrastive_loss
 from bench.models.student import ModelConfig, build_student, functional_embed
-from bench.train import TrainConfig, train_student
+from bench.protocol.train import TrainConfig, train_student
 from tests.hf_helpers import save_tiny, tiny_models
 
 
@@ -75,7 +75,7 @@ def test_timm_is_not_imported_by_the_core():
     import subprocess
     import sys
 
-    code = ("import sys, bench.runner, bench.cli, methods.coresets.herding, methods.distill.joint; "
+    code = ("import sys, bench.grid.runner, bench.commands.cli, methods.coresets.herding, methods.distill.joint; "
             "from bench.registry import discover; discover(); print('timm' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -14,7 +14,12 @@ from PIL import Image
 from bench.data import images as images_mod
 from bench.data import karpathy
 from bench.data.images import ImageDecodeError, decode_image, decode_images
-from bench.data.karpathy import AnnotationError, KarpathySpec, load_karpathy, parse_split
+from bench.data.karpathy import (
+    AnnotationError,
+    KarpathySpec,
+    load_karpathy,
+    parse_split,
+)
 
 COLORS = {
     "a.png": (255, 0, 0),

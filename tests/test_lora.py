@@ -19,17 +19,18 @@ import torch
 import yaml
 from safetensors import safe_open
 
-import bench.matching
-from bench.config import ConfigError, from_dict, to_dict
-from bench.env import torch_threads
-from bench.experts import ExpertConfig, ensure_experts, train_expert
-from bench.matching import MatchingConfig, TrajectoryMatcher
-from methods.distill._trajectory import synthetic_start
+import bench.distill.matching
+from bench.core.config import ConfigError, from_dict, to_dict
+from bench.core.env import torch_threads
+from bench.distill.experts import ExpertConfig, ensure_experts, train_expert
+from bench.distill.matching import MatchingConfig, TrajectoryMatcher
+from bench.grid.cell import prepared
+from bench.grid.runner import GridRun
 from bench.models.image_encoders import ImageEncoderConfig
 from bench.models.lora import LoraConfig
 from bench.models.student import ModelConfig, build_student, functional_embed
-from bench.runner import GridRun, prepared
-from bench.train import TrainConfig, train_student
+from bench.protocol.train import TrainConfig, train_student
+from methods.distill._trajectory import synthetic_start
 from tests.grid_helpers import tiny_grid
 from tests.hf_helpers import SMALL, save_tiny
 
@@ -219,7 +220,7 @@ def test_sdpa_attention_matches_eager_in_the_inner_loop(env, monkeypatch, memory
     for a, b in zip(eager, sdpa):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     # Without the math backend the fused CPU kernel has no double backward: a clear error.
-    monkeypatch.setattr(bench.matching, "math_attention", contextlib.nullcontext)
+    monkeypatch.setattr(bench.distill.matching, "math_attention", contextlib.nullcontext)
     cfg = MatchingConfig(iterations=1, syn_steps=2, batch_syn=5, max_start_epoch=1, checkpoint_every=0,
                          memory=memory)
     matcher = TrajectoryMatcher(_student(env, sdpa_model), env.lora, cfg, CPU)

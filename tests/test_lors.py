@@ -12,17 +12,18 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from bench.core.env import torch_threads
 from bench.data.pairs import PairSet, SoftTargets
-from bench.env import torch_threads
-from bench.matching import TrajectoryMatcher
+from bench.distill.matching import TrajectoryMatcher
+from bench.grid.runner import GridRun
 from bench.models.image_encoders import ImageEncoderConfig
 from bench.models.losses import contrastive_loss
 from bench.models.student import ModelConfig, build_student
+from bench.protocol.train import TrainConfig, train_student
 from bench.registry import get_method
-from bench.runner import GridRun
-from bench.train import TrainConfig, train_student
 from methods.distill.lors import LorsConfig, similarity
-from tests.grid_helpers import TINY_EXPERTS as EXPERTS, distill_env, tiny_grid
+from tests.grid_helpers import TINY_EXPERTS as EXPERTS
+from tests.grid_helpers import distill_env, tiny_grid
 
 CPU = torch.device("cpu")
 pytestmark = pytest.mark.usefixtures("one_thread")

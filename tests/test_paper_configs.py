@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.grid import GridConfig, cell_method_params, load_grid, plan_cells
+from bench.grid.spec import GridConfig, cell_method_params, load_grid, plan_cells
 from bench.reports.records import aggregate, load_records
 from bench.reports.tables import load_reference, paper_table
 
@@ -98,7 +98,7 @@ class Block(importlib.abc.MetaPathFinder):
             tried.append(name)
             raise ImportError('blocked: ' + name)
 sys.meta_path.insert(0, Block())
-from bench.grid import load_grid
+from bench.grid.spec import load_grid
 for path in {[str(p) for p in CONFIGS.values()]!r}:
     load_grid(path)
 print('tried', tried)
@@ -168,7 +168,7 @@ def test_table_reference_puts_published_numbers_beside_ours(tmp_path, capsys):
     assert table.loc[(100, "mean"), "lors (paper)"].startswith("27.4")
 
     # The same through the command line, as the README shows it.
-    from bench.cli import main
+    from bench.commands.cli import main
 
     assert main(["table", str(results), "--reference", "paper"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if "| tr@1 " in line]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.cli import main
+from bench.commands.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -51,8 +51,8 @@ def test_quickstart_cli_end_to_end(tmp_path, capsys):
 
 
 def test_budget_larger_than_dataset_is_clear(tmp_path):
+    from bench.grid.runner import GridRun
     from tests.grid_helpers import tiny_grid
-    from bench.runner import GridRun
 
     cfg = tiny_grid(tmp_path, budgets=[999])
     with pytest.raises(ValueError, match="budget 999 is larger than the training set of embedded \\(300 pairs\\)"):
@@ -69,10 +69,10 @@ def test_config_typo_exits_with_message(tmp_path, capsys):
 
 def test_karpathy_dataset_runs_through_the_pipeline(tmp_path):
     """A Flickr30K-shaped dataset from JSON + image files, configured as a user would."""
-    from bench.config import from_dict
-    from bench.grid import GridConfig
+    from bench.core.config import from_dict
+    from bench.grid.runner import GridRun
+    from bench.grid.spec import GridConfig
     from bench.reports.records import load_records
-    from bench.runner import GridRun
     from tests.test_karpathy import make_dataset
 
     spec = make_dataset(tmp_path, resolution=8)

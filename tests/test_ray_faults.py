@@ -96,14 +96,14 @@ def test_killed_workers_are_retried_and_results_match_an_undisturbed_run(tmp_pat
 
 BROKEN_PROXY_PLUGIN = '''
 """Loaded into every task: makes every proxy model fail to train (an input that cannot be made)."""
-import bench.cell
+import bench.grid.cell
 
 
 def _broken_proxy(*args, **kwargs):
     raise RuntimeError("proxy training broke (test plugin)")
 
 
-bench.cell.load_proxy = _broken_proxy
+bench.grid.cell.load_proxy = _broken_proxy
 '''
 
 

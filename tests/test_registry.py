@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from bench import registry
-from bench.cli import main
-from bench.config import ConfigError
-from bench.grid import MethodSpec, validate_methods
+from bench.commands.cli import main
+from bench.core.config import ConfigError
+from bench.grid.spec import MethodSpec, validate_methods
 from bench.methods_api import Method, MethodOutput
 from tests.grid_helpers import tiny_grid, write_plugin
 

@@ -13,7 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from bench.reports.plots import plot_recall_vs_budget, save_pair_grid
+from bench.grid.pictures import save_pair_grid
+from bench.reports.plots import plot_recall_vs_budget
 from bench.reports.records import RecordError, aggregate, load_records
 from bench.reports.tables import (
     BUNDLED_REFERENCE,
@@ -205,7 +206,7 @@ def test_save_pair_grid(tmp_path: Path, dtype: str) -> None:
 
 
 def _run_cli(argv: list[str]) -> int:
-    from bench.cli import main
+    from bench.commands.cli import main
 
     return main(["table", *argv])
 
@@ -228,7 +229,7 @@ def test_cli_empty_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
 
 
 def test_record_schema_round_trip_and_versions(tmp_path: Path) -> None:
-    from bench.record import RECORD_VERSION, CellRecord
+    from bench.grid.record import RECORD_VERSION, CellRecord
 
     legacy = _record("herding", "", 100, 0, 1.0)  # written before the schema: no version, no kind
     del legacy["kind"]

@@ -1,4 +1,4 @@
-"""Tests for bench.retrieval: agreement with a brute-force reference, ties, hand cases, validation."""
+"""Tests for bench.protocol.retrieval: agreement with a brute-force reference, ties, hand cases, validation."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.retrieval import faiss_has_gpu, retrieval_metrics
+from bench.protocol.retrieval import faiss_has_gpu, retrieval_metrics
 
 BACKENDS = ["faiss", "torch"]
 

@@ -12,10 +12,14 @@ from pathlib import Path
 import pytest
 
 from bench import registry
-from bench.grid import cell_hash, plan_cells
+from bench.grid.runner import GridRun
+from bench.grid.spec import cell_hash, plan_cells
 from bench.methods_api import Method
-from bench.runner import GridRun
-from tests.grid_helpers import RAY_ENV, cli_args as _cli_args, metrics as _metrics, records as _records, tiny_grid, write_plugin
+from tests.grid_helpers import RAY_ENV, tiny_grid, write_plugin
+from tests.grid_helpers import cli_args as _cli_args
+from tests.grid_helpers import metrics as _metrics
+from tests.grid_helpers import records as _records
+
 
 def test_local_grid_writes_records_sets_pictures_and_skips(tmp_path):
     grid = tiny_grid(tmp_path)
@@ -133,15 +137,15 @@ def test_ray_executor_runs_an_outside_plugin_and_lors(tmp_path):
     ({"cpus_per_task": 4}, {"CPU": 2.0}, (0, 1)),  # never fewer than one slot
 ])
 def test_task_slots_follow_cluster_resources(runner, resources, expected):
-    from bench.config import from_dict
-    from bench.grid import RunnerConfig
-    from bench.runner import task_slots
+    from bench.core.config import from_dict
+    from bench.grid.executors.ray_dispatch import task_slots
+    from bench.grid.spec import RunnerConfig
 
     assert task_slots(from_dict(RunnerConfig, runner), resources) == expected
 
 
 def test_stale_temp_files_are_removed_and_finished_files_kept(tmp_path):
-    from bench.io import atomic_path, remove_stale_temp_files, write_text_atomic
+    from bench.core.io import atomic_path, remove_stale_temp_files, write_text_atomic
 
     final = write_text_atomic(tmp_path / "records" / "a.json", "{}")
     with pytest.raises(RuntimeError), atomic_path(tmp_path / "records" / "b.json") as tmp:

@@ -12,11 +12,11 @@ from pathlib import Path
 from rich.console import Console
 
 from bench import registry
-from bench.cli import main
-from bench.console import print_grid_results
+from bench.commands.cli import main
+from bench.commands.console import print_grid_results
+from bench.grid.runner import GridRun
 from bench.methods_api import Method, MethodOutput, check_budget
 from bench.reports.outputs import write_reports
-from bench.runner import GridRun
 from tests.grid_helpers import tiny_grid
 
 

@@ -8,7 +8,7 @@ from bench.data.pairs import PairSet, denormalize_images, normalize_images
 from bench.models.image_encoders import ImageEncoderConfig
 from bench.models.losses import contrastive_loss
 from bench.models.student import ModelConfig, build_student, functional_embed
-from bench.train import TrainConfig, train_student
+from bench.protocol.train import TrainConfig, train_student
 
 SMALL = ModelConfig(image_encoder=ImageEncoderConfig(width=8, depth=2))
 CPU = torch.device("cpu")
@@ -94,7 +94,7 @@ def test_normalize_round_trip():
 def test_bf16_precision_trains_under_autocast_and_is_recorded_only_when_set():
     from dataclasses import replace
 
-    from bench.config import to_dict
+    from bench.core.config import to_dict
 
     gen = torch.Generator().manual_seed(0)
     pairs = PairSet.synthetic(torch.randn(16, 3, 8, 8, generator=gen), torch.randn(16, 6, generator=gen))
@@ -124,7 +124,7 @@ def test_a_diverging_training_stops_with_a_clear_error():
 def test_embed_pairs_encodes_each_image_once_with_the_per_pair_numbers():
     """Real pairs share images (about five captions each): the embeddings equal encoding every
     pair's image on its own, and the tower sees each distinct image once."""
-    from bench.embed import embed_pairs
+    from bench.protocol.embed import embed_pairs
 
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8, generator=gen)

@@ -8,7 +8,11 @@ import pytest
 import torch
 
 from bench.data import text_encoder as te
-from bench.data.text_encoder import TextEncoder, TextEncoderConfig, cached_caption_embeddings
+from bench.data.text_encoder import (
+    TextEncoder,
+    TextEncoderConfig,
+    cached_caption_embeddings,
+)
 
 CAPTIONS = ["a red circle", "two blue squares above a large green striped triangle", "a dog"]
 

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from bench.config import ConfigError
-from bench.tune import parse_space, rank, trials, tuning_data
+from bench.commands.tune import parse_space, rank, trials, tuning_data
+from bench.core.config import ConfigError
 from tests.grid_helpers import REPO
 
 PLUGIN = '''
@@ -66,7 +66,7 @@ def test_the_search_grid_runs_each_combination_on_val_only():
 
 
 def test_rank_refuses_a_record_not_made_on_val():
-    from bench.record import CellRecord
+    from bench.grid.record import CellRecord
 
     found = trials("m", {"a": [1]})
     record = CellRecord(dataset="d", method=found[0].label, per_seed=[{"metrics": {"mean": 3.0}}], eval_split="test")

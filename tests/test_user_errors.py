@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from bench import io as bench_io
-from bench.cli import main
-from bench.config import ConfigError
-from bench.grid import load_grid
-from bench.io import UnusableDirectoryError
-from bench.runner import GridRun
+from bench.commands.cli import main
+from bench.core import io as bench_io
+from bench.core.config import ConfigError
+from bench.core.io import UnusableDirectoryError
+from bench.grid.runner import GridRun
+from bench.grid.spec import load_grid
 from tests.grid_helpers import TINY_MODEL, tiny_grid
 
 REPO = Path(__file__).resolve().parent.parent
@@ -176,12 +176,12 @@ def test_a_method_name_that_is_no_file_name_is_refused():
 
 
 def _no_compute(monkeypatch):
-    import bench.cell
+    import bench.grid.cell
 
     def refuse(*args, **kwargs):
         raise AssertionError("work started before the results directory was checked")
 
-    monkeypatch.setattr(bench.cell, "prepare_dataset", refuse)
+    monkeypatch.setattr(bench.grid.cell, "prepare_dataset", refuse)
 
 
 def test_results_dir_that_is_a_file(tmp_path, monkeypatch, capsys):

@@ -8,12 +8,17 @@ from typing import Literal
 
 import torch
 
+from bench.core.io import bytes_hash, stable_hash
 from bench.data.embedded import EmbeddedSpec, generate_embedded
 from bench.data.karpathy import KarpathySpec, load_karpathy
 from bench.data.pairs import PairSet, real_pairs
-from bench.data.text_encoder import TextEncoder, TextEncoderConfig, cached_caption_embeddings, model_identity
+from bench.data.text_encoder import (
+    TextEncoder,
+    TextEncoderConfig,
+    cached_caption_embeddings,
+    model_identity,
+)
 from bench.data.types import Dataset, Split
-from bench.io import bytes_hash, stable_hash
 
 
 @dataclass(frozen=True)

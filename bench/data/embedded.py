@@ -37,8 +37,8 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 import torch
 
+from bench.core.io import stable_hash
 from bench.data.types import Dataset, Split
-from bench.io import stable_hash
 
 #: Bump whenever the output of :func:`generate_embedded` changes for some spec, so that caches
 #: keyed by ``Dataset.content_key`` (e.g. caption embeddings) are invalidated.

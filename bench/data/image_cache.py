@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.io import atomic_path, discard_corrupt, write_json_atomic
+from bench.core.io import atomic_path, discard_corrupt, write_json_atomic
 
 #: Fills the rows of one split: ``fill(split, out)`` with ``out`` a uint8 (n, 3, R, R) view.
 Fill = Callable[[str, np.ndarray], None]

@@ -29,12 +29,12 @@ from typing import Any, NoReturn
 import numpy as np
 import torch
 
-from bench.config import check_path_name
+from bench.core.config import check_path_name
+from bench.core.errors import UserError
+from bench.core.io import stable_hash
 from bench.data.image_cache import read_image_cache, write_image_cache
 from bench.data.images import ImageDecodeError, decode_images
 from bench.data.types import Dataset, Split
-from bench.errors import UserError
-from bench.io import stable_hash
 
 #: Part of every cache key: bump when the decode geometry or the cache layout changes, so
 #: old cache files are never read back as if they were current.

@@ -14,8 +14,8 @@ from typing import Literal
 
 import torch
 
-from bench.errors import UserError
-from bench.io import bytes_hash, load_torch_or_none, stable_hash, torch_save_atomic
+from bench.core.errors import UserError
+from bench.core.io import bytes_hash, load_torch_or_none, stable_hash, torch_save_atomic
 
 # Nothing is ever fetched from a hub at run time.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -129,7 +129,7 @@ class TextEncoder:
 
     @torch.no_grad()
     def encode(self, captions: list[str] | tuple[str, ...], progress: bool = False) -> torch.Tensor:
-        from bench.progress import track
+        from bench.core.progress import track
 
         self._load()
         out = torch.empty(len(captions), self.dim, dtype=torch.float32)

@@ -33,10 +33,10 @@ for DeiT / DINOv2). ``sdpa`` as such fails: the fused CPU kernel has no double b
 the meta-gradient's ``backward`` (not the unroll, whose first-order grads work) raises
 "derivative for aten::_scaled_dot_product_flash_attention_for_cpu_backward is not
 implemented". The matcher therefore runs its inner loop under the math SDPA backend
-(:func:`bench.unroll.math_attention`), which is twice differentiable and gives the same
+(:func:`bench.distill.unroll.math_attention`), which is twice differentiable and gives the same
 gradients as eager attention (identical on tiny ViT / CLIP towers), so ``sdpa`` works too and
 ordinary training keeps the fused kernel. Should another op lack a double backward,
-:meth:`bench.matching.TrajectoryMatcher.meta_gradients` re-raises its error with the advice to use
+:meth:`bench.distill.matching.TrajectoryMatcher.meta_gradients` re-raises its error with the advice to use
 ``attn_implementation: eager``.
 """
 

@@ -26,8 +26,17 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bench.data.embedded import (BACKGROUNDS, COLOURS, REGION_NAMES, SHAPES, SIZES, TEXTURES, EmbeddedSpec, Scene,
-                                 render_split)
+from bench.data.embedded import (
+    BACKGROUNDS,
+    COLOURS,
+    REGION_NAMES,
+    SHAPES,
+    SIZES,
+    TEXTURES,
+    EmbeddedSpec,
+    Scene,
+    render_split,
+)
 from bench.data.pairs import normalize_images
 from bench.models.convnet import ConvNet
 
@@ -130,7 +139,7 @@ def pretrain(recipe: PretrainRecipe, progress: bool = True) -> tuple[dict[str, t
 def main() -> int:
     from safetensors.torch import save_file
 
-    from bench.io import write_atomic
+    from bench.core.io import write_atomic
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="where to write the tower's weights (.safetensors)")

@@ -16,8 +16,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from bench.data.pairs import normalize_images
-from bench.models.image_encoders import ImageEncoderConfig, build_image_encoder
 from bench.models.heads import build_head
+from bench.models.image_encoders import ImageEncoderConfig, build_image_encoder
 
 IMAGE_PREFIXES = ("image_encoder.", "image_projection.")
 TEXT_PREFIXES = ("text_head.",)

@@ -1,5 +1,2 @@
-"""Reports: result records -> the papers' tables, recall-vs-budget plots and image grids.
-
-Records are the single source of truth (docs/architecture.md): every table and plot here is
-derived from ``<results_dir>/records/*.json`` and never edited by hand.
-"""
+"""Reports: a grid's result records -> the papers' tables (markdown, LaTeX, CSV) and plots.
+Records are the one source of truth: nothing here is edited by hand (docs/architecture.md)."""

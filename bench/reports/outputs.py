@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.io import write_text_atomic
-from bench.store import GridResults
+from bench.core.io import write_text_atomic
+from bench.grid.store import GridResults
 
 TABLE_FORMATS = (("markdown", "md"), ("latex", "tex"), ("csv", "csv"))
 

@@ -22,21 +22,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.record import KNOWN_CORESETS, METRICS, CellRecord, RecordError
-from bench.store import read_records
+from bench.grid.record import KNOWN_CORESETS, METRICS, CellRecord, RecordError
+from bench.grid.store import read_records
 
 __all__ = ["COLUMNS", "FULL", "METRIC_ORDER", "RecordError", "aggregate", "load_records", "method_order",
            "numeric_budgets"]
 
 FULL = "full"
-METRIC_ORDER = METRICS  # the one metric list (bench.record)
+METRIC_ORDER = METRICS  # the one metric list (bench.grid.record)
 COLUMNS = ["dataset", "method", "kind", "budget", "metric", "mean", "std", "n"]
 
 
 def load_records(results_dir: str | os.PathLike[str]) -> list[CellRecord]:
     """Every finished record under ``results_dir`` (or a records directory), sorted by file
-    name; see :func:`bench.store.read_records`. For the records of one grid only (no stale or
-    foreign ones) use :meth:`bench.store.ResultStore.grid_results`."""
+    name; see :func:`bench.grid.store.read_records`. For the records of one grid only (no stale or
+    foreign ones) use :meth:`bench.grid.store.ResultStore.grid_results`."""
     return read_records(results_dir)
 
 
@@ -45,7 +45,7 @@ def recipe_of(record: CellRecord) -> str | None:
     student model and the evaluation protocol; None for records that do not say."""
     if record.config is None:
         return None
-    from bench.io import stable_hash
+    from bench.core.io import stable_hash
 
     return stable_hash({"dataset": record.dataset_key, "model": record.config.get("model"),
                         "evaluation": record.config.get("evaluation")})

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.errors import UserError
+from bench.core.errors import UserError
 from bench.reports.records import FULL, METRIC_ORDER, method_order
 
 BUNDLED_REFERENCE = Path(__file__).resolve().parent / "reference" / "paper_results.csv"
@@ -107,7 +107,7 @@ def paper_table(
 ) -> pd.DataFrame:
     """Rows (pairs, metric), columns methods then ``full``; strings "mean ± std" or "–".
 
-    ``missing`` (cell id -> reason, as :class:`bench.store.GridResults` gives it) names the
+    ``missing`` (cell id -> reason, as :class:`bench.grid.store.GridResults` gives it) names the
     grid's cells without a current number; those of this dataset are listed in the caption.
 
     With ``reference`` (see :func:`load_reference`), each of our columns that has published

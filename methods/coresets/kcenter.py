@@ -8,7 +8,13 @@ import numpy as np
 
 from bench.methods_api import MethodContext
 from bench.registry import register
-from methods.coresets._common import CoresetMethod, as_features, check_select_budget, proxy_rows, squared_norms
+from methods.coresets._common import (
+    CoresetMethod,
+    as_features,
+    check_select_budget,
+    proxy_rows,
+    squared_norms,
+)
 
 
 def select(features: np.ndarray, budget: int, rng: np.random.Generator) -> np.ndarray:

@@ -10,13 +10,20 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from bench.augment import Augmentation
 from bench.data.pairs import PairSet, normalize_images
 from bench.data.text_encoder import nearest_captions
-from bench.matching import LearnedTensor, MatchingConfig, MatchingState, TrajectoryMatcher, run_key, step_sizes
+from bench.distill.matching import (
+    LearnedTensor,
+    MatchingConfig,
+    MatchingState,
+    TrajectoryMatcher,
+    run_key,
+    step_sizes,
+)
+from bench.distill.unroll import InnerLoss
 from bench.methods_api import Method, MethodContext, MethodOutput, check_budget
 from bench.models.student import build_student
-from bench.unroll import InnerLoss
+from bench.protocol.augment import Augmentation
 
 
 def synthetic_start(real: PairSet, cfg: MatchingConfig, learn_images: bool, learn_texts: bool,

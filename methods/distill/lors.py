@@ -22,11 +22,11 @@ import numpy as np
 import torch
 
 from bench.data.pairs import PairSet, SoftTargets
-from bench.matching import LearnedTensor, MatchingConfig, MatchingState
+from bench.distill.matching import LearnedTensor, MatchingConfig, MatchingState
+from bench.distill.unroll import InnerLoss
 from bench.methods_api import MethodOutput
 from bench.models.losses import contrastive_loss
 from bench.registry import register
-from bench.unroll import InnerLoss
 from methods.distill._trajectory import TrajectoryMatching
 
 

@@ -18,7 +18,7 @@ import time
 import traceback
 from pathlib import Path
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
 
 
 def _console():
@@ -30,7 +30,7 @@ def _console():
 
 def _load_grid(args: argparse.Namespace):
     """Plugins first (a config may name their methods), then the config with its overrides."""
-    from bench.grid import load_grid
+    from bench.grid.spec import load_grid
     from bench.registry import load_plugins
 
     load_plugins(args.plugin)
@@ -43,9 +43,9 @@ def _load_grid(args: argparse.Namespace):
 
 
 def _run(args: argparse.Namespace) -> int:
-    from bench.console import print_grid_results
+    from bench.commands.console import print_grid_results
+    from bench.grid.runner import GridRun
     from bench.reports.outputs import write_reports
-    from bench.runner import GridRun
 
     grid = _load_grid(args)
     console = _console()
@@ -84,7 +84,7 @@ def _methods(args: argparse.Namespace) -> int:
 def _cache(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from bench.cache import KINDS, format_size, inventory, prune
+    from bench.commands.cache import KINDS, format_size, inventory, prune
 
     grid = _load_grid(args)
     entries = inventory(grid)
@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.set_defaults(func=_run)
 
-    from bench.reports.cli import add_table_arguments
+    from bench.commands.table import add_table_arguments
 
     add_table_arguments(sub.add_parser("table", parents=[common],
                                        help="render the paper-style tables of a results directory"))
@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--prune", action="store_true", help="remove the entries the config does not read")
     cache.set_defaults(func=_cache)
 
-    from bench.tune import add_tune_arguments
+    from bench.commands.tune import add_tune_arguments
 
     add_tune_arguments(sub.add_parser("tune", parents=[common],
                                       help="choose a method's parameters per budget on the val split"), str(DEFAULT_CONFIG))
@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.errors import UserError
+    from bench.core.errors import UserError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):

@@ -17,12 +17,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from bench.augment import AugmentConfig
-from bench.config import to_dict
+from bench.core.config import to_dict
+from bench.core.io import discard_corrupt, stable_hash, write_atomic
 from bench.data.datasets import PreparedDataset
-from bench.io import discard_corrupt, stable_hash, write_atomic
 from bench.models.student import ModelConfig, Student, build_student
-from bench.train import TrainConfig, train_student
+from bench.protocol.augment import AugmentConfig
+from bench.protocol.train import TrainConfig, train_student
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class ExpertConfig:
     """n_experts students trained for ``epochs`` epochs (>= max_start_epoch + expert_epochs of
     every distillation method that reads them) with plain SGD (momentum 0 by default, like the
     unrolled inner loop of matching); expert i uses seed ``seed + i``. augment: the
-    differentiable augmentation of every batch (:mod:`bench.augment`; None = off), usually the
+    differentiable augmentation of every batch (:mod:`bench.protocol.augment`; None = off), usually the
     one the matching's inner loop uses."""
 
     n_experts: int = 3

@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.config import to_dict
+from bench.core.config import to_dict
+from bench.core.io import load_torch_or_none, stable_hash, torch_save_atomic
 from bench.data.datasets import PreparedDataset
-from bench.embed import embed_pairs
-from bench.io import load_torch_or_none, stable_hash, torch_save_atomic
 from bench.models.student import ModelConfig, build_student
-from bench.train import TrainConfig, train_student
+from bench.protocol.embed import embed_pairs
+from bench.protocol.train import TrainConfig, train_student
 
 
 @dataclass(frozen=True)

@@ -14,21 +14,21 @@ from pathlib import Path
 
 import torch
 
-from bench.config import to_dict
+from bench.core.config import to_dict
+from bench.core.env import git_commit, machine_info, pick_device
+from bench.core.io import stable_hash
+from bench.core.measure import Cost, measure
 from bench.data.datasets import PreparedDataset, prepare_dataset
-from bench.env import git_commit, machine_info, pick_device
-from bench.evaluate import SeedResult, evaluate_pair_set, summarize
-from bench.experts import TrajectoryBuffer, ensure_experts, open_buffer
-from bench.grid import Cell, GridConfig, cell_hash, cell_method_params
-from bench.io import stable_hash
-from bench.measure import Cost, measure
+from bench.distill.experts import TrajectoryBuffer, ensure_experts, open_buffer
+from bench.grid.pictures import write_pictures
+from bench.grid.record import CellRecord, FailureRecord, timestamp
+from bench.grid.spec import Cell, GridConfig, cell_hash, cell_method_params
+from bench.grid.store import ResultStore
 from bench.methods_api import Method, MethodContext, MethodOutput
-from bench.proxy import ProxyRun, load_or_compute_proxy
-from bench.record import CellRecord, FailureRecord, timestamp
+from bench.protocol.evaluate import SeedResult, evaluate_pair_set, summarize
+from bench.protocol.proxy import ProxyRun, load_or_compute_proxy
+from bench.protocol.train import TrainConfig
 from bench.registry import get_method
-from bench.reports.pictures import write_pictures
-from bench.store import ResultStore
-from bench.train import TrainConfig
 
 _PREPARED: dict[str, PreparedDataset] = {}  # per process: Ray reuses workers across tasks
 

@@ -1,8 +1,8 @@
-"""Executors: how the pending cells of a grid are run. Both run :func:`bench.cell.execute_cell`
-and tell a :class:`Reporter` what happened; the grid run (:mod:`bench.runner`) does the rest.
+"""Executors: how the pending cells of a grid are run. Both run :func:`bench.grid.cell.execute_cell`
+and tell a :class:`Reporter` what happened; the grid run (:mod:`bench.grid.runner`) does the rest.
 
-- :mod:`bench.executors.local`: in this process, one cell after another.
-- :mod:`bench.executors.ray_dispatch`: one Ray task per expert, proxy and cell, started by our
+- :mod:`bench.grid.executors.local`: in this process, one cell after another.
+- :mod:`bench.grid.executors.ray_dispatch`: one Ray task per expert, proxy and cell, started by our
   own dispatcher in priority order as inputs become ready.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from bench.grid import Cell
+from bench.grid.spec import Cell
 
 
 class Reporter(Protocol):

@@ -12,10 +12,10 @@ import torch
 
 from bench.data.pairs import PairSet
 from bench.data.types import Split
-from bench.embed import embed_split
 from bench.models.student import ModelConfig, Student, build_student
-from bench.retrieval import retrieval_metrics
-from bench.train import TrainConfig, train_student
+from bench.protocol.embed import embed_split
+from bench.protocol.retrieval import retrieval_metrics
+from bench.protocol.train import TrainConfig, train_student
 
 
 def evaluate_student(

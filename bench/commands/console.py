@@ -1,6 +1,6 @@
 """Terminal summary of a grid's current records (the paper-style files come from bench.reports).
 
-Only what :meth:`bench.store.ResultStore.grid_results` selects is shown: the records of the
+Only what :meth:`bench.grid.store.ResultStore.grid_results` selects is shown: the records of the
 grid's cells made by the grid's recipe. Every other cell of the grid is listed below the table
 with the reason it has no number (failed: the error's first line; stale; not run).
 """
@@ -11,8 +11,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from bench.record import METRICS, CellRecord
-from bench.store import GridResults
+from bench.grid.record import METRICS, CellRecord
+from bench.grid.store import GridResults
 
 
 def _order(rec: CellRecord) -> tuple:

@@ -38,8 +38,8 @@ def _grid_records(results_dir: str) -> tuple[list, dict[str, str]]:
     With ``grid.json`` (written by every run): exactly the records of the grid last run there
     whose hash matches it; the rest are counted in a note on stderr. Without it (results of an
     older version, or a bare records directory): every record, refused if they mix recipes."""
+    from bench.grid.store import ResultStore
     from bench.reports.records import check_one_recipe, load_records
-    from bench.store import ResultStore
 
     root = Path(results_dir)
     if root.name == "records" and (root.parent / "grid.json").is_file():
@@ -60,11 +60,11 @@ def _grid_records(results_dir: str) -> tuple[list, dict[str, str]]:
 
 
 def table_command(args: argparse.Namespace) -> int:
-    """Render the tables; 0 on success. A usage or data error is a :class:`bench.errors.UserError`,
-    reported (one line, exit status 2) by :func:`bench.cli.main` like every command's."""
+    """Render the tables; 0 on success. A usage or data error is a :class:`bench.core.errors.UserError`,
+    reported (one line, exit status 2) by :func:`bench.commands.cli.main` like every command's."""
     import pandas as pd
 
-    from bench.io import write_text_atomic
+    from bench.core.io import write_text_atomic
     from bench.reports.records import aggregate
     from bench.reports.tables import load_reference, paper_table, render
 

@@ -25,17 +25,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from bench.core.io import SHARED_TEMP_MAX_AGE_S, TEMP_GLOB, remove_stale_temp_files
 from bench.data.datasets import DatasetConfig, dataset_key
 from bench.data.embedded import SPLITS, embedded_captions, embedded_content_key
 from bench.data.image_cache import entry_paths
 from bench.data.karpathy import check_karpathy
 from bench.data.text_encoder import caption_cache_path, model_identity
-from bench.experts import expert_dir, expert_key
-from bench.grid import GridConfig, cell_hash, plan_cells
-from bench.io import SHARED_TEMP_MAX_AGE_S, TEMP_GLOB, remove_stale_temp_files
-from bench.proxy import proxy_key, proxy_path
+from bench.distill.experts import expert_dir, expert_key
+from bench.grid.spec import GridConfig, cell_hash, plan_cells
+from bench.grid.store import ResultStore
+from bench.protocol.proxy import proxy_key, proxy_path
 from bench.registry import get_method
-from bench.store import ResultStore
 
 KINDS = ("images", "text", "proxy", "experts", "distill")
 

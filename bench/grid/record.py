@@ -11,7 +11,7 @@ Schema versions:
 
 Adding a field (e.g. facts about soft targets): give :class:`CellRecord` a new field *with a
 default* (``None`` or an empty container) in the section it belongs to, fill it where the
-record is built (:func:`bench.cell.build_record`) and read it by attribute. Older records
+record is built (:func:`bench.grid.cell.build_record`) and read it by attribute. Older records
 then read with the default and newer readers need nothing else; bump :data:`RECORD_VERSION`
 (and note it above) only when the meaning of an existing field changes. Facts that only one
 method has belong in ``method_info`` (free-form JSON the method returns in
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from bench.errors import UserError
+from bench.core.errors import UserError
 
 #: The retrieval metrics of a record, in the order every table and summary shows them.
 METRICS = ("tr@1", "tr@5", "tr@10", "ir@1", "ir@5", "ir@10", "mean")
@@ -105,7 +105,7 @@ class CellRecord(_Stored):
     budget: int | None = None  # None: the whole training set (the ``full`` reference)
     method_seed: int | None = None
     cell_id: str | None = None
-    cell_hash: str | None = None  # bench.grid.cell_hash: a record with another hash is stale
+    cell_hash: str | None = None  # bench.grid.spec.cell_hash: a record with another hash is stale
     status: str = "ok"
     # --- what ran
     method_name: str | None = None  # the registered name

@@ -1,10 +1,10 @@
 """Run a grid: plan its cells, check the run can succeed, execute what is pending, record.
 
 Where things live:
-  bench/cell.py                    one cell: prepare its inputs, run the method, evaluate, record
-  bench/executors/local.py         cells one after another in this process
-  bench/executors/ray_dispatch.py  one Ray task per expert / proxy / cell, dispatched by priority
-  bench/store.py                   the results directory (records, failures, grid.json)
+  bench/grid/cell.py                    one cell: prepare its inputs, run the method, evaluate, record
+  bench/grid/executors/local.py         cells one after another in this process
+  bench/grid/executors/ray_dispatch.py  one Ray task per expert / proxy / cell, dispatched by priority
+  bench/grid/store.py                   the results directory (records, failures, grid.json)
 
 :class:`GridRun` does what happens once per run, in the driver: validate the output and cache
 directories before any compute, prepare every dataset (and check the budgets against it),
@@ -18,15 +18,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.cell import execute_cell, failure_record, prepared
-from bench.config import ConfigError
-from bench.executors.ray_dispatch import task_slots
-from bench.grid import Cell, GridConfig, cell_hash, plan_cells
-from bench.io import SHARED_TEMP_MAX_AGE_S, check_writable_dir, remove_stale_temp_files
+from bench.core.config import ConfigError
+from bench.core.io import (
+    SHARED_TEMP_MAX_AGE_S,
+    check_writable_dir,
+    remove_stale_temp_files,
+)
+from bench.grid.cell import failure_record, prepared
+from bench.grid.spec import Cell, GridConfig, cell_hash, plan_cells
+from bench.grid.store import GridResults, ResultStore
 from bench.registry import load_plugins
-from bench.store import GridResults, ResultStore
-
-__all__ = ["GridRun", "execute_cell", "prepared", "task_slots"]  # the last three: moved, re-exported
 
 
 class GridRun:
@@ -100,22 +101,22 @@ class GridRun:
         return self.store.grid_results(self.hashes)
 
     def _execute(self, todo: list[Cell]) -> None:
-        from bench.progress import make_progress
+        from bench.core.progress import make_progress
 
         self._bar = make_progress(disable=not self.progress)
         self._task = self._bar.add_task(f"grid {self.grid.name}", total=len(todo),
                                         status=f"{len(self.skipped)} already done")
         with self._bar:
             if self.grid.runner.executor == "local":
-                from bench.executors.local import run_local
+                from bench.grid.executors.local import run_local
 
                 run_local(self.grid, todo, self, self.progress)
             else:
-                from bench.executors.ray_dispatch import run_ray
+                from bench.grid.executors.ray_dispatch import run_ray
 
                 run_ray(self.grid, todo, self, self.plugins)
 
-    # --------------------------------------------------------------- Reporter (bench.executors)
+    # --------------------------------------------------------------- Reporter (bench.grid.executors)
     def started(self, name: str) -> None:
         self._bar.update(self._task, status=name)
 

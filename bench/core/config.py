@@ -17,7 +17,7 @@ from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 import yaml
 
-from bench.errors import UserError
+from bench.core.errors import UserError
 
 T = TypeVar("T")
 
@@ -281,6 +281,6 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 def stable_hash_config(cfg: Any) -> str:
     """Content hash of a config (dict-order independent)."""
-    from bench.io import stable_hash
+    from bench.core.io import stable_hash
 
     return stable_hash(to_dict(cfg))

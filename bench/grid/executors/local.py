@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from bench.cell import execute_cell
-from bench.env import torch_threads
-from bench.executors import Reporter
-from bench.grid import Cell, GridConfig
+from bench.core.env import torch_threads
+from bench.grid.cell import execute_cell
+from bench.grid.executors import Reporter
+from bench.grid.spec import Cell, GridConfig
 
 
 def run_local(grid: GridConfig, todo: list[Cell], reporter: Reporter, progress: bool) -> None:

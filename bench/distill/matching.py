@@ -12,7 +12,7 @@ with respect to the learned tensors. What is learned is data: the method hands t
 mapping of :class:`LearnedTensor` (``images``, ``texts`` and ``lrs`` always, plus anything its
 inner loss reads, e.g. LoRS's similarity parameters), each with its own optimiser settings and
 an optional projection, and optionally its own inner loss. How the meta-gradient is computed
-(``memory: unrolled`` or ``recompute``, see :mod:`bench.unroll`) does not change it.
+(``memory: unrolled`` or ``recompute``, see :mod:`bench.distill.unroll`) does not change it.
 
 Every random choice of iteration ``it`` comes from a generator seeded with (seed, it), so a
 run resumed from a checkpoint repeats the uninterrupted run exactly.
@@ -29,12 +29,21 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import torch
 
-from bench.augment import AugmentConfig
-from bench.flat_params import ParamLayout
-from bench.io import load_torch_or_none, stable_hash, torch_save_atomic
+from bench.core.io import load_torch_or_none, stable_hash, torch_save_atomic
+from bench.distill.flat_params import ParamLayout
+from bench.distill.unroll import (
+    META_GRADIENTS,
+    Augment,
+    InnerLoss,
+    InnerSteps,
+    MemoryMode,
+    Precision,
+    StepPlan,
+    contrastive_inner_loss,
+    math_attention,
+)
 from bench.models.student import Student
-from bench.unroll import (META_GRADIENTS, Augment, InnerLoss, InnerSteps, MemoryMode, Precision, StepPlan,
-                          contrastive_inner_loss, math_attention)
+from bench.protocol.augment import AugmentConfig
 
 __all__ = ["LearnedTensor", "MatchingConfig", "MatchingState", "TrajectoryMatcher", "math_attention", "run_key"]
 
@@ -62,7 +71,7 @@ class MatchingConfig:
     the step stay float32). expert_snapshots: where the expert parameters the matcher reads are
     kept after their first read from disk: on the compute ``device``, in ``host`` memory (copied
     to the device per use) or ``auto`` (the device when they take at most a quarter of it).
-    augment: a differentiable augmentation of each inner step's images (:mod:`bench.augment`),
+    augment: a differentiable augmentation of each inner step's images (:mod:`bench.protocol.augment`),
     drawn from the step's seed; usually the one the experts trained with.
 
     merge_sides: one normalised distance over all parameters instead of one per side and their
@@ -179,7 +188,7 @@ class MatchingState:
 
 
 class Trajectories(Protocol):
-    """What the matcher reads from an expert buffer (:class:`bench.experts.TrajectoryBuffer`)."""
+    """What the matcher reads from an expert buffer (:class:`bench.distill.experts.TrajectoryBuffer`)."""
 
     epochs: int
 
@@ -329,7 +338,7 @@ class TrajectoryMatcher:
         """Optimise ``learned`` (resuming from the checkpoint when it matches ``key``).
         ``stop_after`` ends the run early after that many iterations in total (used to test
         resumption)."""
-        from bench.progress import make_progress
+        from bench.core.progress import make_progress
 
         missing = {"images", "texts", "lrs"} - set(learned)
         if missing:

@@ -84,7 +84,7 @@ def pick_device(requested: str = "auto") -> torch.device:
 @lru_cache(maxsize=1)
 def git_commit() -> str | None:
     """The commit of the source tree this package was imported from (None outside git)."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     try:
         out = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True

@@ -23,12 +23,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.errors import UserError
-from bench.io import torch_save_atomic, write_json_atomic
-from bench.record import CellRecord, FailureRecord, GridManifest, RecordError, timestamp
+from bench.core.errors import UserError
+from bench.core.io import torch_save_atomic, write_json_atomic
+from bench.grid.record import (
+    CellRecord,
+    FailureRecord,
+    GridManifest,
+    RecordError,
+    timestamp,
+)
 
 if TYPE_CHECKING:  # the store itself needs only ids; keeps `run_bench.py table` free of torch
-    from bench.grid import Cell
+    from bench.grid.spec import Cell
     from bench.methods_api import MethodOutput
 
 MANIFEST = "grid.json"

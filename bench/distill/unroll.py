@@ -40,7 +40,7 @@ from typing import Literal, Protocol
 
 import torch
 
-from bench.flat_params import ParamLayout
+from bench.distill.flat_params import ParamLayout
 from bench.models.losses import contrastive_loss
 from bench.models.student import Student, functional_embed
 

@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from bench.config import ConfigError, apply_overrides, load_yaml, yaml_problem
-from bench.io import write_json_atomic
-from bench.record import CellRecord
+from bench.core.config import ConfigError, apply_overrides, load_yaml, yaml_problem
+from bench.core.io import write_json_atomic
+from bench.grid.record import CellRecord
 
 if TYPE_CHECKING:
-    from bench.grid import MethodSpec
+    from bench.grid.spec import MethodSpec
 
 SPLIT = "val"
 
@@ -67,8 +67,8 @@ def trials(method_key: str, space: dict[str, list[Any]]) -> list[Trial]:
 
 
 def _find_method(data: dict[str, Any], key: str) -> MethodSpec:
-    from bench.config import from_dict
-    from bench.grid import MethodSpec
+    from bench.core.config import from_dict
+    from bench.grid.spec import MethodSpec
 
     specs = [from_dict(MethodSpec, MethodSpec.coerce_config(entry), f"methods[{i}]")
              for i, entry in enumerate(data.get("methods") or [])]
@@ -81,7 +81,7 @@ def _find_method(data: dict[str, Any], key: str) -> MethodSpec:
 def tuning_data(data: dict[str, Any], method_key: str, budget: int, space: dict[str, list[Any]],
                 seeds: list[int] | None = None) -> tuple[dict[str, Any], list[Trial]]:
     """The raw grid of one search: one method entry per trial at ``budget``, on val."""
-    from bench.grid import GridConfig
+    from bench.grid.spec import GridConfig
 
     data = copy.deepcopy(data)
     spec = _find_method(data, method_key)
@@ -120,9 +120,9 @@ def run_tune(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from bench.grid import build_grid
+    from bench.grid.runner import GridRun
+    from bench.grid.spec import build_grid
     from bench.registry import load_plugins
-    from bench.runner import GridRun
 
     console = Console()
     load_plugins(args.plugin)
@@ -178,7 +178,7 @@ def add_tune_arguments(parser: argparse.ArgumentParser, default_config: str) -> 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_tune_arguments(parser, str(Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"))
+    add_tune_arguments(parser, str(Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"))
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -11,11 +11,11 @@ from typing import Literal
 import numpy as np
 import torch
 
-from bench.augment import AugmentConfig, augment_batch
+from bench.core.progress import make_progress
 from bench.data.pairs import PairSet
 from bench.models.losses import contrastive_loss
 from bench.models.student import Student, tower_features
-from bench.progress import make_progress
+from bench.protocol.augment import AugmentConfig, augment_batch
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class TrainConfig:
     text sides (a distilled set may supply learned ones). temperature 0.07 -> logit scale 1/0.07.
     precision ``bf16``: the student's forward under bfloat16 autocast (for GPUs; the loss, the
     parameters and the update stay float32). augment: a differentiable augmentation of every
-    batch of images (:mod:`bench.augment`; None = off)."""
+    batch of images (:mod:`bench.protocol.augment`; None = off)."""
 
     epochs: int = 10
     batch_size: int = 128

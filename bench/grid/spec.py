@@ -13,15 +13,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from bench.config import (ConfigError, apply_overrides, check_keys, check_path_name, from_dict, load_yaml,
-                          stable_hash_config, to_dict)
+from bench.core.config import (
+    ConfigError,
+    apply_overrides,
+    check_keys,
+    check_path_name,
+    from_dict,
+    load_yaml,
+    stable_hash_config,
+    to_dict,
+)
+from bench.core.env import device_problem, device_syntax_problem
+from bench.core.io import stable_hash
 from bench.data.datasets import DatasetConfig
-from bench.env import device_problem, device_syntax_problem
-from bench.experts import ExpertConfig
-from bench.io import stable_hash
+from bench.distill.experts import ExpertConfig
 from bench.models.student import ModelConfig
-from bench.proxy import ProxyConfig
-from bench.train import TrainConfig
+from bench.protocol.proxy import ProxyConfig
+from bench.protocol.train import TrainConfig
 
 
 def check_unique(values: Sequence[Any], key: str) -> None:

@@ -16,14 +16,14 @@ from typing import Any
 
 import torch
 
-from bench import cell as cell_module
-from bench.config import from_dict, to_dict
-from bench.env import pick_device
-from bench.executors import Reporter
-from bench.experts import train_expert
-from bench.grid import Cell, GridConfig, RunnerConfig, cell_hash
+from bench.core.config import from_dict, to_dict
+from bench.core.env import pick_device
+from bench.distill.experts import train_expert
+from bench.grid import cell as cell_module
+from bench.grid.executors import Reporter
+from bench.grid.spec import Cell, GridConfig, RunnerConfig, cell_hash
+from bench.grid.store import ResultStore
 from bench.registry import get_method, load_plugins
-from bench.store import ResultStore
 
 #: Start order of ready jobs: lower first (experts and proxies come before any cell).
 _CELL_PRIORITY = {"distillation": 0, "reference": 1}
