@@ -89,12 +89,12 @@ def _distill_cells(grid):
 
 
 def test_budget_params_apply_to_their_budget_only():
-    from bench.grid.spec import cell_method_params, validate_methods
+    from bench.grid.spec import resolve_cell, validate_methods
 
     grid = from_dict(ExperimentConfig, _budget_grid({1000: {"lr_img": 5000, "iterations": 3}}))
     validate_methods(grid)
     cells = _distill_cells(grid)
-    small, large = cell_method_params(grid, cells[100]), cell_method_params(grid, cells[1000])
+    small, large = resolve_cell(grid, cells[100]).params, resolve_cell(grid, cells[1000]).params
     assert (small.lr_img, small.iterations, small.syn_steps) == (100.0, 10, 4)
     assert (large.lr_img, large.iterations, large.syn_steps) == (5000.0, 3, 4)  # merged over params
     assert grid.methods[1].params == _MATCHING  # the base params are not modified

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.grid.spec import GridConfig, cell_method_params, load_grid, plan_cells
+from bench.grid.spec import GridConfig, load_grid, plan_cells, resolve_cell
 from bench.reports.records import aggregate, load_records
 from bench.reports.tables import load_reference, paper_table
 
@@ -57,7 +57,7 @@ def test_recipe_matches_the_paper(paper_grid):
     distill = [c for c in plan_cells(grid) if c.method == "distill-joint"]
     assert sorted(c.budget for c in distill) == [100, 200, 500, 1000]
     for cell in distill:  # the resolved params of every budget, overrides included
-        p = cell_method_params(grid, cell)
+        p = resolve_cell(grid, cell).params
         # VL-distill README command and distill.py defaults (configs/*.yaml cite them).
         assert (p.syn_steps, p.expert_epochs, p.max_start_epoch) == (8, 1, 2)
         assert (p.lr_img, p.lr_txt, p.lr_lr, p.syn_lr_init) == (1000, 1000, 1e-2, 0.1)
@@ -77,7 +77,7 @@ LORS_COMMANDS = {
 def test_lors_recipe_matches_the_authors_commands(paper_grid):
     name, grid = paper_grid
     for cell in (c for c in plan_cells(grid) if c.method == "lors"):
-        p = cell_method_params(grid, cell)
+        p = resolve_cell(grid, cell).params
         expected = LORS_COMMANDS[name].get(cell.budget, LORS_COMMANDS[name][100])  # 1000: the 100-pair command
         assert (p.max_start_epoch, p.lr_img, p.lr_sim, p.rank, p.alpha, p.batch_syn) == expected, cell.budget
         assert p.lr_txt == p.lr_img and p.loss == "wbce" and (p.syn_steps, p.expert_epochs, p.lr_lr) == (8, 1, 1e-2)

@@ -32,7 +32,7 @@ from bench.data.image_cache import entry_paths
 from bench.data.karpathy import check_karpathy
 from bench.data.text_encoder import caption_cache_path, model_identity
 from bench.distill.experts import expert_dir, expert_key
-from bench.grid.spec import GridConfig, cell_hash, plan_cells
+from bench.grid.spec import GridConfig, plan_cells, resolve_cell
 from bench.grid.store import ResultStore
 from bench.protocol.proxy import proxy_key, proxy_path
 from bench.registry import get_method
@@ -99,9 +99,9 @@ def referenced(grid: GridConfig) -> tuple[set[Path], set[str]]:
             recipe = grid.proxy.train_config(grid.evaluation.full_train)
             paths |= {proxy_path(cache, data, proxy_key(data, grid.model, recipe, seed)) for seed in grid.method_seeds}
     for cell in plan_cells(grid):
-        cls = classes.get(cell.method)
-        if cls is not None and cls.uses_experts and not store.finished(cell, cell_hash(grid, cell)):
-            prefixes.add(f"{cell.dataset}-{cls.name}-")
+        resolved = resolve_cell(grid, cell)
+        if resolved.method_cls.uses_experts and not store.finished(cell, resolved.hash):
+            prefixes.add(f"{cell.dataset}-{resolved.method_cls.name}-")
     return paths, prefixes
 
 

@@ -22,13 +22,12 @@ from bench.data.datasets import PreparedDataset, prepare_dataset
 from bench.distill.experts import TrajectoryBuffer, ensure_experts, open_buffer
 from bench.grid.pictures import write_pictures
 from bench.grid.record import CellRecord, FailureRecord, timestamp
-from bench.grid.spec import Cell, GridConfig, cell_hash, cell_method_params
+from bench.grid.spec import Cell, GridConfig, ResolvedCell, resolve_cell
 from bench.grid.store import ResultStore
 from bench.methods_api import Method, MethodContext, MethodOutput
 from bench.protocol.evaluate import SeedResult, evaluate_pair_set, summarize
 from bench.protocol.proxy import ProxyRun, load_or_compute_proxy
 from bench.protocol.train import TrainConfig
-from bench.registry import get_method
 
 _PREPARED: dict[str, PreparedDataset] = {}  # per process: Ray reuses workers across tasks
 
@@ -84,16 +83,15 @@ def check_output(output: MethodOutput, cell: Cell, kind: str) -> None:
         raise ValueError(f"method {cell.method!r} returned {len(output.pairs)} pairs for budget {cell.budget}")
 
 
-def build_record(grid: GridConfig, cell: Cell, method: Method, data: PreparedDataset, output: MethodOutput,
+def build_record(grid: GridConfig, resolved: ResolvedCell, data: PreparedDataset, output: MethodOutput,
                  train_cfg: TrainConfig, results: list[SeedResult], costs: tuple[Cost, Cost],
                  shared: SharedArtifacts, device: torch.device) -> CellRecord:
     """The record of a finished cell (the one place a :class:`CellRecord` is filled)."""
-    kind = type(method).kind
-    buffer = shared.buffer
+    cell, cls, buffer = resolved.cell, resolved.method_cls, shared.buffer
     return CellRecord(
         dataset=cell.dataset, method=cell.method, per_seed=[r.__dict__ for r in results],
-        budget=cell.budget, method_seed=cell.method_seed, cell_id=cell.id, cell_hash=cell_hash(grid, cell),
-        method_name=type(method).name, method_params=to_dict(method.params), kind=kind, n_pairs=len(output.pairs),
+        budget=cell.budget, method_seed=cell.method_seed, cell_id=cell.id, cell_hash=resolved.hash,
+        method_name=cls.name, method_params=to_dict(resolved.params), kind=cls.kind, n_pairs=len(output.pairs),
         eval_seeds=list(grid.evaluation.seeds), eval_split=grid.evaluation.split, eval_recipe=to_dict(train_cfg),
         learned_lrs=output.learned_lrs, summary=summarize(results),
         method_cost=costs[0].as_dict(), eval_cost=costs[1].as_dict(),
@@ -112,8 +110,9 @@ def execute_cell(grid: GridConfig, cell: Cell, progress: bool = False) -> CellRe
     store = ResultStore(grid.results_dir)
     device = pick_device(grid.device)
     data = prepared(grid, cell.dataset, progress)
-    cls = get_method(grid.method(cell.method).name)
-    method = cls(cell_method_params(grid, cell))
+    resolved = resolve_cell(grid, cell)
+    cls = resolved.method_cls
+    method = cls(resolved.params)
     seed = 0 if cell.method_seed is None else cell.method_seed
     shared = SharedArtifacts(grid, cls, data, seed, device, progress)
     ctx = MethodContext(data, grid.model, device, Path(grid.cache_dir), shared.proxy, progress, shared.experts)
@@ -129,7 +128,7 @@ def execute_cell(grid: GridConfig, cell: Cell, progress: bool = False) -> CellRe
             grid.evaluation.seeds, device, learned_lrs=output.learned_lrs, progress=progress,
             description=cell.id,
         )
-    record = build_record(grid, cell, method, data, output, train_cfg, results, (method_cost, eval_cost), shared, device)
+    record = build_record(grid, resolved, data, output, train_cfg, results, (method_cost, eval_cost), shared, device)
     if cls.kind != "reference":  # the full set is the training split itself: nothing to save
         set_file = store.save_set(cell, output).relative_to(store.root)
         write_pictures(store, cell.id, data, output)
@@ -138,9 +137,9 @@ def execute_cell(grid: GridConfig, cell: Cell, progress: bool = False) -> CellRe
     return record
 
 
-def failure_record(grid: GridConfig, cell: Cell, exc: BaseException, attempts: int) -> FailureRecord:
+def failure_record(cell: Cell, cell_hash: str, exc: BaseException, attempts: int) -> FailureRecord:
     """What ``records/<cell>.failed.json`` says: the error, its traceback, the attempts made
     (0: never started) and the hash of the config that failed."""
     return FailureRecord(cell_id=cell.id, error=f"{type(exc).__name__}: {exc}", attempts=attempts,
                          traceback="".join(traceback.format_exception(exc)), failed_at=timestamp(),
-                         cell_hash=cell_hash(grid, cell))
+                         cell_hash=cell_hash)

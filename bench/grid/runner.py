@@ -25,7 +25,7 @@ from bench.core.io import (
     remove_stale_temp_files,
 )
 from bench.grid.cell import failure_record, prepared
-from bench.grid.spec import Cell, GridConfig, cell_hash, plan_cells
+from bench.grid.spec import Cell, GridConfig, plan_cells, resolve_cell
 from bench.grid.store import GridResults, ResultStore
 from bench.registry import load_plugins
 
@@ -40,7 +40,7 @@ class GridRun:
         self.store = ResultStore(grid.results_dir)
         self.cells = plan_cells(grid)
         load_plugins(self.plugins)  # a plugin method's class enters its cells' hashes
-        self.hashes = {c.id: cell_hash(grid, c) for c in self.cells}
+        self.hashes = {c.id: resolve_cell(grid, c).hash for c in self.cells}
         self.done: list[Cell] = []
         self.failed: list[Cell] = []
         self.skipped: list[Cell] = []
@@ -124,6 +124,6 @@ class GridRun:
         if error is None:
             self.done.append(cell)
         else:
-            self.store.write_failure(cell, failure_record(self.grid, cell, error, attempts))
+            self.store.write_failure(cell, failure_record(cell, self.hashes[cell.id], error, attempts))
             self.failed.append(cell)
         self._bar.update(self._task, advance=1, status=f"{cell.id} {'ok' if error is None else 'FAILED'}")

@@ -27,9 +27,11 @@ from bench.core.env import device_problem, device_syntax_problem
 from bench.core.io import stable_hash
 from bench.data.datasets import DatasetConfig
 from bench.distill.experts import ExpertConfig
+from bench.methods_api import Method
 from bench.models.student import ModelConfig
 from bench.protocol.proxy import ProxyConfig
 from bench.protocol.train import TrainConfig
+from bench.registry import UnknownMethodError, get_method
 
 
 def check_unique(values: Sequence[Any], key: str) -> None:
@@ -211,21 +213,32 @@ def plan_cells(grid: GridConfig) -> list[Cell]:
     return cells
 
 
-def cell_hash(grid: GridConfig, cell: Cell) -> str:
-    """Everything that determines a cell's result, and nothing else; a record with another
-    hash is stale.
+@dataclass(frozen=True)
+class ResolvedCell:
+    """A cell with what the grid and the registry make of it, derived once
+    (:func:`resolve_cell`): its method's class, that method's validated parameters for the
+    cell's budget, and the cell's hash."""
 
-    The method enters with its *resolved* parameters for the cell's own budget (``params``
-    merged with its ``budget_params`` entry, then every default filled in), so a changed
-    default re-runs the cells that rely on it, while editing one budget's override leaves the
-    other budgets' records valid; with the method's ``version`` when it is not 1 (a method
-    bumps it when its code changes what it produces). The proxy and expert recipes enter only
-    for a method that reads them."""
-    from bench.registry import get_method
+    cell: Cell
+    method_cls: type[Method]
+    params: Any
+    hash: str
 
+
+def resolve_cell(grid: GridConfig, cell: Cell) -> ResolvedCell:
+    """The cell's method class, parameters and hash.
+
+    The hash covers everything that determines the cell's result, and nothing else; a record
+    with another hash is stale. The method enters with its *resolved* parameters for the
+    cell's own budget (``params`` merged with its ``budget_params`` entry, then every default
+    filled in), so a changed default re-runs the cells that rely on it, while editing one
+    budget's override leaves the other budgets' records valid; with the method's ``version``
+    when it is not 1 (a method bumps it when its code changes what it produces). The proxy and
+    expert recipes enter only for a method that reads them."""
     spec = grid.method(cell.method)
     cls = get_method(spec.name)
-    method: dict[str, Any] = {"name": spec.name, "params": to_dict(cell_method_params(grid, cell)), "label": spec.label}
+    params = method_params(spec, f"method {spec.key}", cell.budget)
+    method: dict[str, Any] = {"name": spec.name, "params": to_dict(params), "label": spec.label}
     if cls.version != 1:
         method["version"] = cls.version
     parts: dict[str, Any] = {
@@ -236,7 +249,12 @@ def cell_hash(grid: GridConfig, cell: Cell) -> str:
         parts["proxy"] = to_dict(grid.proxy)
     if cls.uses_experts:
         parts["experts"] = to_dict(grid.experts)
-    return stable_hash(parts)
+    return ResolvedCell(cell, cls, params, stable_hash(parts))
+
+
+def cell_hash(grid: GridConfig, cell: Cell) -> str:
+    """The cell's hash (:func:`resolve_cell`)."""
+    return resolve_cell(grid, cell).hash
 
 
 def method_params(spec: MethodSpec, where: str, budget: int | None = None) -> Any:
@@ -245,8 +263,6 @@ def method_params(spec: MethodSpec, where: str, budget: int | None = None) -> An
     With ``budget``, the params of that budget (``params`` merged with its ``budget_params``
     entry); an error in the override names the override's path, e.g.
     ``methods[4] (distill-joint).budget_params.1000.lr_imgg``."""
-    from bench.registry import UnknownMethodError, get_method
-
     try:
         cls = get_method(spec.name)
     except UnknownMethodError as exc:
@@ -258,12 +274,6 @@ def method_params(spec: MethodSpec, where: str, budget: int | None = None) -> An
     check_keys(cls.Params, spec.params, f"{where}.params")
     check_keys(cls.Params, override, override_where)
     return from_dict(cls.Params, spec.params_for(budget), override_where)
-
-
-def cell_method_params(grid: GridConfig, cell: Cell) -> Any:
-    """The validated parameters (the method's ``Params`` instance) that ``cell`` runs with."""
-    spec = grid.method(cell.method)
-    return method_params(spec, f"method {spec.key}", cell.budget)
 
 
 def validate_methods(grid: GridConfig) -> None:

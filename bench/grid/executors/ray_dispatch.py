@@ -21,9 +21,9 @@ from bench.core.env import pick_device
 from bench.distill.experts import train_expert
 from bench.grid import cell as cell_module
 from bench.grid.executors import Reporter
-from bench.grid.spec import Cell, GridConfig, RunnerConfig, cell_hash
+from bench.grid.spec import Cell, GridConfig, RunnerConfig, cell_hash, resolve_cell
 from bench.grid.store import ResultStore
-from bench.registry import get_method, load_plugins
+from bench.registry import load_plugins
 
 #: Start order of ready jobs: lower first (experts and proxies come before any cell).
 _CELL_PRIORITY = {"distillation": 0, "reference": 1}
@@ -112,11 +112,9 @@ def _plan_jobs(grid: GridConfig, todo: list[Cell], plugins: list[str], tasks: di
     proxies: dict[tuple[str, int], _Job] = {}
     cells: list[_Job] = []
 
-    def method_class(c: Cell) -> type:
-        return get_method(grid.method(c.method).name)
-
-    for cell in sorted(todo, key=lambda c: _CELL_PRIORITY.get(method_class(c).kind, 2)):
-        cls = method_class(cell)
+    classes = {c.id: resolve_cell(grid, c).method_cls for c in todo}
+    for cell in sorted(todo, key=lambda c: _CELL_PRIORITY.get(classes[c.id].kind, 2)):
+        cls = classes[cell.id]
         deps: list[_Job] = []
         if cls.uses_experts:
             if cell.dataset not in experts:
