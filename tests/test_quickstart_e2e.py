@@ -64,7 +64,7 @@ def test_config_typo_exits_with_message(tmp_path, capsys):
     assert main(["--config", str(REPO / "configs" / "quickstart.yaml"), "--set", "evaluation.sedes=[1]"]) == 2
     err = capsys.readouterr().err
     assert err == ("error: --set 'evaluation.sedes=[1]': unknown config key 'evaluation.sedes'; did you mean "
-                   "'seeds'? (valid keys: full_train, seeds, split, train)\n")
+                   "'seeds', 'students'? (valid keys: eval_every, full_train, protocol, seeds, split, students, train)\n")
 
 
 def test_karpathy_dataset_runs_through_the_pipeline(tmp_path):

@@ -81,7 +81,9 @@ def test_load_skips_hidden_failed_and_unfinished(results_dir: Path) -> None:
 
 
 def test_pooled_mean_std_match_numpy(agg: pd.DataFrame) -> None:
-    assert list(agg.columns) == ["dataset", "method", "kind", "budget", "metric", "mean", "std", "n"]
+    assert list(agg.columns) == ["dataset", "method", "kind", "budget", "student", "protocol", "split", "metric", "mean",
+                                 "std", "n"]
+    assert set(agg["student"]) == {"source"} and set(agg["protocol"]) == {"suite"}
     pooled = [_metrics(2.0 + ms, s)["tr@5"] for ms in (0, 1) for s in range(3)]
     row = agg[(agg.method == "herding") & (agg.budget == 100) & (agg.metric == "tr@5")].iloc[0]
     assert row["n"] == 6
@@ -107,13 +109,30 @@ def test_paper_table_layout(agg: pd.DataFrame) -> None:
     table = paper_table(agg, DATASET)
     assert table.index.names == ["pairs", "metric"]
     assert list(table.index.get_level_values(0).unique()) == [100, 1000]
-    assert list(table.loc[100].index) == ["tr@1", "tr@5", "tr@10", "ir@1", "ir@5", "ir@10", "mean"]
+    assert list(table.loc[100].index) == ["tr@1", "tr@5", "tr@10", "ir@1", "ir@5", "ir@10", "mean", "norm"]
     assert list(table.columns) == ["random", "herding", "kcenter", "distill-joint", "full"]
     assert table.loc[(1000, "tr@1"), "kcenter"] == MISSING
     full_tr1 = table.xs("tr@1", level="metric")["full"]
     assert full_tr1.nunique() == 1 and full_tr1.iloc[0] == "30.3 ± 0.3"
     pooled = [_metrics(2.0 + ms, s)["mean"] for ms in (0, 1) for s in range(3)]
     assert table.loc[(100, "mean"), "herding"] == f"{np.mean(pooled):.1f} ± {np.std(pooled, ddof=1):.1f}"
+
+
+def test_norm_row_is_the_normalised_mean_recall(agg: pd.DataFrame) -> None:
+    """norm = (method - random@B) / (full - random@B) on pooled mean recalls, from the raw numbers."""
+    table = paper_table(agg, DATASET)
+    means = agg[agg["metric"] == "mean"].set_index(["method", "budget"])["mean"]
+    full = means[("full", "full")]
+    for budget, methods in ((100, ("herding", "kcenter", "distill-joint")), (1000, ("distill-joint",))):
+        random = means[("random", budget)]
+        for method in methods:
+            expected = (means[(method, budget)] - random) / (full - random)
+            assert table.loc[(budget, "norm"), method] == f"{expected:.2f}"
+        assert table.loc[(budget, "norm"), "random"] == "0.00" and table.loc[(budget, "norm"), "full"] == "1.00"
+    assert table.loc[(1000, "norm"), "kcenter"] == MISSING  # no kcenter record at 1000 pairs
+    no_random = paper_table(agg[agg["method"] != "random"], DATASET)
+    assert (no_random.xs("norm", level="metric") == MISSING).all().all()
+    assert "no random row at that budget" in no_random.attrs["caption"]
 
 
 def test_reference_columns_have_published_numbers(agg: pd.DataFrame) -> None:

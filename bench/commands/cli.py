@@ -3,7 +3,9 @@
   python run_bench.py [run] [--config FILE] [--set key.path=value ...] [--plugin MODULE ...]
                       [--ray-address ADDR] [--executor ray|local] [--no-progress] [--debug]
   python run_bench.py table RESULTS_DIR [--format markdown|latex|csv] [--reference FILE|paper]
+                             [--select final|val|test]
   python run_bench.py methods [--plugin MODULE ...]
+  python run_bench.py protocols
   python run_bench.py cache [--config FILE] [--set ...] [--prune]
 
 A problem the user can fix (a config value, a data file, a path, a plugin) is printed as one
@@ -81,6 +83,22 @@ def _methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def _protocols(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from bench.protocol.presets import PRESETS
+
+    table = Table(title="evaluation protocols (evaluation.protocol)")
+    for col in ("name", "overrides of evaluation.train", "learned lrs", "curve", "reports", "source of each value"):
+        table.add_column(col, overflow="fold")
+    for p in PRESETS.values():
+        curve = "the grid's eval_every" if p.eval_every is None else f"every {p.eval_every} from epoch {p.eval_start}"
+        table.add_row(p.name, ", ".join(f"{k}: {v}" for k, v in p.train.items()) or "none", p.learned_lrs, curve,
+                      p.selection, "\n".join(f"{k}: {v}" for k, v in p.sources.items()) or p.description)
+    _console().print(table)
+    return 0
+
+
 def _cache(args: argparse.Namespace) -> int:
     from rich.table import Table
 
@@ -141,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     methods = sub.add_parser("methods", parents=[common], help="list the registered methods")
     methods.add_argument("--plugin", action="append", default=[], metavar="MODULE")
     methods.set_defaults(func=_methods)
+
+    protocols = sub.add_parser("protocols", parents=[common], help="list the evaluation protocol presets")
+    protocols.set_defaults(func=_protocols)
 
     cache = sub.add_parser("cache", parents=[common],
                            help="list cache_dir per dataset and kind; what the config no longer reads")

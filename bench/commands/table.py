@@ -20,6 +20,10 @@ def add_table_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--source", default="vl-distill",
                         help="preferred source when several papers publish a number (default: vl-distill)")
     parser.add_argument("--dataset", help="only this dataset (default: every dataset in the records)")
+    parser.add_argument("--select", choices=("final", "val", "test"), default="final",
+                        help="which epoch of each evaluation run to report: the last (default), the one with the "
+                             "best val mean (val-selected), or the best test epoch (test-selected, optimistic: what "
+                             "LoRS and RepBlend report); val and test need runs with evaluation.eval_every")
     parser.add_argument("--output", metavar="FILE", help="write the table(s) to FILE instead of printing them")
     parser.add_argument("--plot", metavar="PNG",
                         help="also write a recall-vs-budget plot (several datasets: one file each, NAME_<dataset>.png)")
@@ -65,8 +69,9 @@ def table_command(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from bench.core.io import write_text_atomic
+    from bench.reports.outputs import render_tables
     from bench.reports.records import aggregate
-    from bench.reports.tables import load_reference, paper_table, render
+    from bench.reports.tables import load_reference, render
 
     def fail(message: str) -> int:
         print(f"error: {message}", file=sys.stderr)
@@ -82,9 +87,12 @@ def table_command(args: argparse.Namespace) -> int:
         if args.dataset not in datasets:
             return fail(f"no records for dataset {args.dataset!r}; have {', '.join(datasets)}")
         datasets = [args.dataset]
-    tables = [paper_table(agg, d, reference=reference, source=args.source, missing=missing) for d in datasets]
-    if args.format == "csv" and len(tables) > 1:  # one CSV: the dataset becomes the first index level
-        text = render(pd.concat(tables, keys=datasets, names=["dataset"]).fillna("\u2013"), "csv")
+    by_dataset = {d: render_tables([r for r in records if r.dataset == d], d, missing, args.select, reference,
+                                   args.source) for d in datasets}
+    tables = [t for d in datasets for t in by_dataset[d]]
+    if args.format == "csv" and len(tables) > 1:  # one CSV: dataset, student and protocol become index levels
+        keys = [(d, t.attrs["student"], t.attrs["protocol"]) for d in datasets for t in by_dataset[d]]
+        text = render(pd.concat(tables, keys=keys, names=["dataset", "student", "protocol"]).fillna("\u2013"), "csv")
     else:
         text = "\n".join(render(t, args.format) for t in tables)
     if args.output:

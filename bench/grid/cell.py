@@ -22,12 +22,11 @@ from bench.data.datasets import PreparedDataset, prepare_dataset
 from bench.distill.experts import TrajectoryBuffer, ensure_experts, open_buffer
 from bench.grid.pictures import write_pictures
 from bench.grid.record import CellRecord, FailureRecord, timestamp
-from bench.grid.spec import Cell, GridConfig, ResolvedCell, resolve_cell
+from bench.grid.spec import Cell, EvalVariant, GridConfig, ResolvedCell, resolve_cell
 from bench.grid.store import ResultStore
 from bench.methods_api import Method, MethodContext, MethodOutput
-from bench.protocol.evaluate import SeedResult, evaluate_pair_set, summarize
+from bench.protocol.evaluate import CurvePlan, SeedResult, evaluate_pair_set, summarize
 from bench.protocol.proxy import ProxyRun, load_or_compute_proxy
-from bench.protocol.train import TrainConfig
 
 _PREPARED: dict[str, PreparedDataset] = {}  # per process: Ray reuses workers across tasks
 
@@ -84,16 +83,22 @@ def check_output(output: MethodOutput, cell: Cell, kind: str) -> None:
 
 
 def build_record(grid: GridConfig, resolved: ResolvedCell, data: PreparedDataset, output: MethodOutput,
-                 train_cfg: TrainConfig, results: list[SeedResult], costs: tuple[Cost, Cost],
+                 evaluations: list[tuple[EvalVariant, list[SeedResult]]], costs: tuple[Cost, Cost],
                  shared: SharedArtifacts, device: torch.device) -> CellRecord:
-    """The record of a finished cell (the one place a :class:`CellRecord` is filled)."""
+    """The record of a finished cell (the one place a :class:`CellRecord` is filled). The
+    first evaluation is the headline; the others go to ``evaluations``."""
     cell, cls, buffer = resolved.cell, resolved.method_cls, shared.buffer
+    (headline, results), others = evaluations[0], evaluations[1:]
+    train_cfg = headline.train
     return CellRecord(
-        dataset=cell.dataset, method=cell.method, per_seed=[r.__dict__ for r in results],
+        dataset=cell.dataset, method=cell.method, per_seed=[r.as_dict() for r in results],
         budget=cell.budget, method_seed=cell.method_seed, cell_id=cell.id, cell_hash=resolved.hash,
         method_name=cls.name, method_params=to_dict(resolved.params), kind=cls.kind, n_pairs=len(output.pairs),
         eval_seeds=list(grid.evaluation.seeds), eval_split=grid.evaluation.split, eval_recipe=to_dict(train_cfg),
-        learned_lrs=output.learned_lrs, summary=summarize(results),
+        learned_lrs=output.learned_lrs, summary=summarize(results), eval_protocol=headline.protocol.name,
+        evaluations=[{"student": v.student, "protocol": v.protocol.name, "eval_recipe": to_dict(v.train),
+                      "learned_lrs": learned_lrs_of(v, output), "per_seed": [r.as_dict() for r in rs],
+                      "summary": summarize(rs)} for v, rs in others],
         method_cost=costs[0].as_dict(), eval_cost=costs[1].as_dict(),
         proxy_seconds=shared.proxy_seconds, expert_seconds=shared.expert_seconds,
         expert_buffer_bytes=None if buffer is None else buffer.size_bytes(),
@@ -120,21 +125,38 @@ def execute_cell(grid: GridConfig, cell: Cell, progress: bool = False) -> CellRe
     with measure(device) as method_cost:
         output = method.run(ctx, budget, seed)
     check_output(output, cell, cls.kind)
-    train_cfg = grid.evaluation.full_train if cls.kind == "reference" else grid.evaluation.train
-    split = grid.evaluation.split
     with measure(device) as eval_cost:
-        results = evaluate_pair_set(
-            output.pairs, grid.model, train_cfg, data.dataset.split(split), data.text_emb[split],
-            grid.evaluation.seeds, device, learned_lrs=output.learned_lrs, progress=progress,
-            description=cell.id,
-        )
-    record = build_record(grid, resolved, data, output, train_cfg, results, (method_cost, eval_cost), shared, device)
+        evaluations = evaluate_variants(grid, data, output, cls.kind == "reference", device, progress, cell.id)
+    record = build_record(grid, resolved, data, output, evaluations, (method_cost, eval_cost), shared, device)
     if cls.kind != "reference":  # the full set is the training split itself: nothing to save
         set_file = store.save_set(cell, output).relative_to(store.root)
         write_pictures(store, cell.id, data, output)
         record = replace(record, set_file=str(set_file))
     store.write_record(cell, record)  # last: a record on disk means everything else is there
     return record
+
+
+def learned_lrs_of(variant: EvalVariant, output: MethodOutput) -> dict[str, float] | None:
+    """The learned step sizes a variant trains with (its protocol's rule; none off the source student)."""
+    return variant.protocol.lrs(output.learned_lrs) if variant.use_learned_lrs else None
+
+
+def evaluate_variants(grid: GridConfig, data: PreparedDataset, output: MethodOutput, reference: bool,
+                      device: torch.device, progress: bool, description: str
+                      ) -> list[tuple[EvalVariant, list[SeedResult]]]:
+    """The set evaluated on every (student, protocol) of the grid, with the same seeds."""
+    ev = grid.evaluation
+    split = data.dataset.split(ev.split)
+    curve_splits = {name: (data.dataset.split(name), data.text_emb[name]) for name in ev.curve_splits}
+    out = []
+    for variant in ev.variants(grid.model, reference):
+        curve = None if variant.curve_epochs is None else CurvePlan(variant.curve_epochs, curve_splits)
+        label = description if variant.key == ("source", ev.protocol[0]) else f"{description} {'/'.join(variant.key)}"
+        results = evaluate_pair_set(output.pairs, variant.model, variant.train, split, data.text_emb[ev.split],
+                                    ev.seeds, device, learned_lrs=learned_lrs_of(variant, output),
+                                    progress=progress, description=label, curve=curve)
+        out.append((variant, results))
+    return out
 
 
 def failure_record(cell: Cell, cell_hash: str, exc: BaseException, attempts: int) -> FailureRecord:

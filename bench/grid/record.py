@@ -7,7 +7,9 @@ carries ``schema_version`` so a reader can tell which fields to expect.
 
 Schema versions:
   1  records written before this module existed (no ``schema_version`` key; same field names)
-  2  ``schema_version``; failure records carry ``cell_hash``; ``grid.json`` names the current grid
+  2  ``schema_version``; failure records carry ``cell_hash``; ``grid.json`` names the current grid;
+     later, with defaults (so still version 2): ``per_seed[i]["curve"]`` (evaluation curves),
+     ``eval_protocol`` and ``evaluations`` (the set on other students and under other protocols)
 
 Adding a field (e.g. facts about soft targets): give :class:`CellRecord` a new field *with a
 default* (``None`` or an empty container) in the section it belongs to, fill it where the
@@ -100,7 +102,9 @@ class CellRecord(_Stored):
     dataset: str
     method: str  # the method's key in the grid: its label, or its registered name
     #: One entry per evaluation seed: {"seed", "metrics": {metric: value}, "train_seconds",
-    #: "final_loss", "lr_image", "lr_text"}.
+    #: "final_loss", "lr_image", "lr_text"} and, with evaluation.eval_every, "curve": a list of
+    #: {"epoch", "split", tr@1 .. ir@10, "mean"} (epoch 0 = before training). The headline
+    #: evaluation: the grid's own student ("source") under the first protocol.
     per_seed: list[dict[str, Any]]
     budget: int | None = None  # None: the whole training set (the ``full`` reference)
     method_seed: int | None = None
@@ -117,6 +121,10 @@ class CellRecord(_Stored):
     eval_recipe: dict[str, Any] | None = None
     learned_lrs: dict[str, float] | None = None
     summary: dict[str, dict[str, float]] = field(default_factory=dict)  # metric -> {"mean", "std"}
+    eval_protocol: str | None = None  # the headline's protocol preset (None: older records, "suite")
+    #: The same set evaluated on the other (student, protocol) pairs of the grid: each
+    #: {"student", "protocol", "eval_recipe", "learned_lrs", "per_seed", "summary"}.
+    evaluations: list[dict[str, Any]] = field(default_factory=list)
     # --- cost (seconds, MB)
     method_cost: dict[str, Any] = field(default_factory=dict)
     eval_cost: dict[str, Any] = field(default_factory=dict)
@@ -168,6 +176,13 @@ class CellRecord(_Stored):
     def name(self) -> str:
         """How messages refer to the record: its file, else its cell."""
         return self.path or self.cell_id or "/".join(str(v) for v in self.cell)
+
+    def runs(self) -> dict[tuple[str, str], list[dict[str, Any]]]:
+        """(student, protocol) -> its ``per_seed`` entries, the headline first."""
+        out = {("source", self.eval_protocol or "suite"): self.per_seed}
+        for entry in self.evaluations:
+            out[(entry["student"], entry["protocol"])] = entry["per_seed"]
+        return out
 
     def metric_summary(self, metric: str) -> tuple[float, float]:
         """(mean, std) of ``metric`` over the evaluation seeds."""

@@ -29,6 +29,8 @@ from bench.data.datasets import DatasetConfig
 from bench.distill.experts import ExpertConfig
 from bench.methods_api import Method
 from bench.models.student import ModelConfig
+from bench.protocol.evaluate import curve_epochs
+from bench.protocol.presets import ProtocolPreset, preset
 from bench.protocol.proxy import ProxyConfig
 from bench.protocol.train import TrainConfig
 from bench.registry import UnknownMethodError, get_method
@@ -51,19 +53,88 @@ def check_seeds(seeds: Sequence[int], key: str) -> None:
     check_unique(seeds, key)
 
 
+#: The grid model's own student: the one every set is distilled on and the headline reads.
+SOURCE_STUDENT = "source"
+
+
+@dataclass(frozen=True)
+class EvalVariant:
+    """One way a cell's set is evaluated: on which student (``source`` = the grid's model),
+    under which protocol preset, with which recipe, learned-step-size rule and curve epochs."""
+
+    student: str
+    model: ModelConfig
+    protocol: ProtocolPreset
+    train: TrainConfig
+    use_learned_lrs: bool
+    curve_epochs: tuple[int, ...] | None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.student, self.protocol.name)
+
+
 @dataclass(frozen=True)
 class EvaluationConfig:
     """How a pair set is scored: a fresh student per seed, trained with ``train`` (budget-sized
     sets) or ``full_train`` (the whole training set), final-epoch recall on ``split``.
-    The same seeds serve every method, so differences between methods are paired."""
+    The same seeds serve every method, so differences between methods are paired.
+
+    eval_every: also measure recall on the val and test splits (only val when ``split`` is val)
+    every that many epochs, from epoch 0 to the last (the curves of ``per_seed[i]["curve"]``
+    that the ``val`` and ``test`` selection rules read; None = no curves). protocol: one preset
+    name of :data:`bench.protocol.presets.PRESETS` or a list of them (each set is evaluated
+    under each; the first is the headline); a preset overrides ``train`` for budget-sized sets.
+    students: name -> model section: every set is also evaluated on each of these students
+    (distilled on the grid's model; experts and proxies stay the grid model's), with the
+    recipe's learning rates (learned step sizes belong to the architecture they were learned for)."""
 
     seeds: tuple[int, ...] = (0, 1, 2)
     split: Literal["test", "val"] = "test"
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=100, batch_size=100))
     full_train: TrainConfig = field(default_factory=TrainConfig)
+    eval_every: int | None = field(default=None, metadata={"omit_if_default": True})
+    protocol: str | tuple[str, ...] = field(default=("suite",), metadata={"omit_if_default": True})
+    students: dict[str, ModelConfig] = field(default_factory=dict, metadata={"omit_if_default": True})
 
     def __post_init__(self) -> None:
         check_seeds(self.seeds, "seeds")
+        if self.eval_every is not None and self.eval_every < 1:
+            raise ValueError(f"eval_every must be >= 1 (or null for no curves), got {self.eval_every}")
+        protocols = (self.protocol,) if isinstance(self.protocol, str) else tuple(self.protocol)
+        object.__setattr__(self, "protocol", protocols)
+        if not protocols:
+            raise ValueError("protocol must name at least one preset")
+        check_unique(protocols, "protocol")
+        for name in protocols:
+            preset(name)  # an unknown name is an error naming the known ones
+        for name in self.students:
+            check_path_name(name, "students")
+        if SOURCE_STUDENT in self.students:
+            raise ValueError(f"students: {SOURCE_STUDENT!r} is the grid's own model; give the other students "
+                             "other names")
+
+    @property
+    def curve_splits(self) -> tuple[str, ...]:
+        """The splits a curve measures: never test when the grid evaluates on val (tuning)."""
+        return ("val", "test") if self.split == "test" else ("val",)
+
+    def variants(self, model: ModelConfig, reference: bool) -> list[EvalVariant]:
+        """Every (student, protocol) evaluation of a cell, the headline first. The whole-set
+        reference trains with ``full_train`` on every student, under the first protocol only
+        (presets describe how budget-sized sets are evaluated)."""
+        students = {SOURCE_STUDENT: model, **self.students}
+        protocols = [preset(p) for p in self.protocol][:1 if reference else None]
+        out = []
+        for student, student_model in students.items():
+            for proto in protocols:
+                train = self.full_train if reference else proto.train_config(self.train)
+                every = proto.eval_every if proto.eval_every is not None else self.eval_every
+                curve = None if every is None else curve_epochs(every, train.epochs,
+                                                                proto.eval_start if proto.eval_every else 0)
+                out.append(EvalVariant(student, student_model, proto, train,
+                                       use_learned_lrs=student == SOURCE_STUDENT, curve_epochs=curve))
+        return out
 
 
 @dataclass(frozen=True)

@@ -22,14 +22,28 @@ def _batched(encode: Callable[[slice], torch.Tensor], n: int, batch_size: int) -
 
 @torch.no_grad()
 def embed_split(
-    student: Student, split: Split, text_emb: torch.Tensor, device: torch.device, batch_size: int = 512
+    student: Student, split: Split, text_emb: torch.Tensor, device: torch.device, batch_size: int = 512,
+    image_features: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalised image and caption embeddings of a val/test split."""
+    """Normalised image and caption embeddings of a val/test split. ``image_features``: the
+    tower's features of the split's images (:func:`split_features`, for a frozen tower),
+    used instead of running the tower; the same batches, so the same numbers bit for bit."""
     student.eval().to(device)
-    images = _batched(lambda s: student.encode_images(normalize_images(split.images[s].to(device))),
-                      split.n_images, batch_size)
+    if image_features is None:
+        images = _batched(lambda s: student.encode_images(normalize_images(split.images[s].to(device))),
+                          split.n_images, batch_size)
+    else:
+        images = _batched(lambda s: student.embed_features(image_features[s].to(device)), split.n_images, batch_size)
     texts = _batched(lambda s: student.encode_texts(text_emb[s].to(device)), split.n_captions, batch_size)
     return images, texts
+
+
+@torch.no_grad()
+def split_features(student: Student, split: Split, device: torch.device, batch_size: int = 512) -> torch.Tensor:
+    """The image tower's features of every image of a split, in :func:`embed_split`'s batches."""
+    student.eval().to(device)
+    return _batched(lambda s: student.image_features(normalize_images(split.images[s].to(device))),
+                    split.n_images, batch_size)
 
 
 @torch.no_grad()

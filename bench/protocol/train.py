@@ -24,7 +24,13 @@ class TrainConfig:
     text sides (a distilled set may supply learned ones). temperature 0.07 -> logit scale 1/0.07.
     precision ``bf16``: the student's forward under bfloat16 autocast (for GPUs; the loss, the
     parameters and the update stay float32). augment: a differentiable augmentation of every
-    batch of images (:mod:`bench.protocol.augment`; None = off)."""
+    batch of images (:mod:`bench.protocol.augment`; None = off).
+
+    lr_milestones / lr_gamma: a step schedule (``torch.optim.lr_scheduler.MultiStepLR`` stepped
+    once per epoch, as the LoRS evaluation does): after each milestone epoch every learning rate
+    is multiplied by ``lr_gamma``. A milestone is an epoch count (an integer >= 1: ``51`` means
+    epochs 52, 53, ... run at ``lr * lr_gamma``) or a fraction of ``epochs`` in (0, 1) (``0.5``
+    with 100 epochs is epoch 50). Empty: a constant learning rate."""
 
     epochs: int = 10
     batch_size: int = 128
@@ -36,12 +42,34 @@ class TrainConfig:
     temperature: float = 0.07
     precision: Literal["fp32", "bf16"] = field(default="fp32", metadata={"omit_if_default": True})
     augment: AugmentConfig | None = field(default=None, metadata={"omit_if_default": True})
+    lr_milestones: tuple[float, ...] = field(default=(), metadata={"omit_if_default": True})
+    lr_gamma: float = field(default=0.1, metadata={"omit_if_default": True})
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be positive")
         if self.lr_image < 0 or self.lr_text < 0 or self.temperature <= 0:
             raise ValueError("learning rates must be >= 0 and temperature > 0")
+        if not self.lr_gamma > 0:
+            raise ValueError(f"lr_gamma must be > 0, got {self.lr_gamma}")
+        self.milestone_epochs()  # raises for a bad milestone
+
+    def milestone_epochs(self) -> tuple[int, ...]:
+        """The epochs after which the learning rates drop by ``lr_gamma`` (ascending)."""
+        epochs = []
+        for m in self.lr_milestones:
+            if 0 < m < 1:
+                epochs.append(max(1, round(m * self.epochs)))
+            elif m >= 1 and float(m).is_integer():
+                epochs.append(int(m))
+            else:
+                raise ValueError(f"lr_milestones: {m!r} is neither an epoch (an integer >= 1) nor a fraction in (0, 1)")
+        if any(e >= self.epochs for e in epochs):
+            raise ValueError(f"lr_milestones {list(self.lr_milestones)}: every milestone must come before the last "
+                             f"epoch ({self.epochs}); a later one would never take effect")
+        if len(set(epochs)) != len(epochs):
+            raise ValueError(f"lr_milestones {list(self.lr_milestones)} name one epoch twice")
+        return tuple(sorted(epochs))
 
     @property
     def logit_scale(self) -> float:
@@ -107,6 +135,7 @@ def train_student(
     augment_gen = torch.Generator().manual_seed(int(np.random.default_rng([seed, 1]).integers(2**62)))
     targets = pairs.soft_targets
     optimizer = make_optimizer(student, cfg)
+    milestones = set(cfg.milestone_epochs())
     shuffle = torch.Generator().manual_seed(seed)
     n_batches = math.ceil(len(pairs) / cfg.batch_size)
     losses: list[float] = []
@@ -144,6 +173,9 @@ def train_student(
                 bar.advance(task)
             losses.append(total / n_batches)
             bar.update(task, status=f"epoch {epoch} loss {losses[-1]:.3f}")
+            if epoch in milestones:
+                for group in optimizer.param_groups:
+                    group["lr"] *= cfg.lr_gamma
             if on_epoch_end is not None:
                 on_epoch_end(epoch, student)
     student.eval()

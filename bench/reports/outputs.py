@@ -1,42 +1,84 @@
-"""The files a finished grid leaves behind: tables in three formats and the budget plot."""
+"""The files a finished grid leaves behind: tables in three formats and the plots."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from bench.core.io import write_text_atomic
+from bench.grid.record import CellRecord
 from bench.grid.store import GridResults
 
 TABLE_FORMATS = (("markdown", "md"), ("latex", "tex"), ("csv", "csv"))
 
 
 def report_paths(results_dir: str | Path, dataset: str) -> list[Path]:
+    """Every file :func:`write_reports` may write for ``dataset`` (the curve plots by glob)."""
     root = Path(results_dir)
-    return [root / "tables" / f"{dataset}.{suffix}" for _, suffix in TABLE_FORMATS] + [
-        root / "plots" / f"{dataset}_recall_vs_budget.png"]
+    tables = [root / "tables" / f"{dataset}{part}.{suffix}" for part in ("", "_selection", "_students")
+              for _, suffix in TABLE_FORMATS]
+    return tables + [root / "plots" / f"{dataset}_recall_vs_budget.png",
+                     *sorted((root / "plots").glob(f"{dataset}_curves_b*.png"))]
+
+
+def has_curves(records: Sequence[CellRecord]) -> bool:
+    """Every evaluation run of every record has a curve (the val/test rules can be read)."""
+    return bool(records) and all(seed.get("curve") for rec in records for runs in rec.runs().values() for seed in runs)
+
+
+def render_tables(records: Sequence[CellRecord], dataset: str, missing: dict[str, str] | None = None,
+                  select: str = "final", reference=None, source: str = "vl-distill"):  # noqa: ANN001, ANN201
+    """The paper tables of one dataset: one per (student, protocol) block, in ``select``'s rule
+    (with an ``optimism`` row when it is not ``final``)."""
+    from bench.reports.records import aggregate, blocks
+    from bench.reports.tables import paper_table
+
+    agg = aggregate(records, select)
+    final = aggregate(records) if select != "final" else None
+    return [paper_table(agg, dataset, reference=reference, source=source, missing=missing, student=student,
+                        protocol=protocol, select=select, final=final) for student, protocol in blocks(agg, dataset)]
 
 
 def write_reports(results_dir: str | Path, datasets: list[str], results: GridResults) -> None:
-    """Write ``tables/<dataset>.{md,tex,csv}`` and ``plots/<dataset>_recall_vs_budget.png``
-    under ``results_dir`` from the grid's current records only (``results``); the captions
-    name the grid's cells that have no current number. A dataset of the grid without any
-    current record loses its old tables and plot, so no file shows a number of another recipe."""
-    from bench.reports.plots import plot_recall_vs_budget
-    from bench.reports.records import FULL, aggregate
-    from bench.reports.tables import paper_table, render
+    """Write under ``results_dir`` from the grid's current records only (``results``):
+    ``tables/<dataset>.{md,tex,csv}`` (the paper tables, final epoch, one per student and
+    protocol), ``tables/<dataset>_selection.*`` (final / val / test-selected side by side, when
+    the runs have curves), ``tables/<dataset>_students.*`` (cross-architecture, with more than
+    one student), ``plots/<dataset>_recall_vs_budget.png`` and ``plots/<dataset>_curves_b<B>.png``.
+    The captions name the grid's cells that have no current number. A file of a dataset that
+    the current records no longer produce is removed, so no file shows a number of another recipe."""
+    import pandas as pd
+
+    from bench.reports.plots import plot_curves, plot_recall_vs_budget
+    from bench.reports.records import FULL, aggregate, blocks
+    from bench.reports.tables import render, selection_table, students_table
 
     root = Path(results_dir)
-    agg = aggregate(results.records) if results.records else None
     for dataset in datasets:
-        if agg is None or not (agg["dataset"] == dataset).any():
-            for path in report_paths(root, dataset):
+        records = [r for r in results.records if r.dataset == dataset]
+        written: set[Path] = set()
+
+        def write(name: str, tables: list[pd.DataFrame]) -> None:
+            for fmt, suffix in TABLE_FORMATS:
+                path = root / "tables" / f"{dataset}{name}.{suffix}"
+                write_text_atomic(path, "\n".join(render(t, fmt) for t in tables))
+                written.add(path)
+
+        if records:
+            write("", render_tables(records, dataset, results.missing))
+            agg = aggregate(records)
+            if has_curves(records):
+                aggs = {rule: aggregate(records, rule) for rule in ("final", "val", "test")}
+                write("_selection", [selection_table(aggs, dataset, s, p) for s, p in blocks(agg, dataset)
+                                     if s == "source"])
+                budgets = sorted({r.budget for r in records if r.budget is not None})
+                for budget in budgets:
+                    written.add(plot_curves(records, dataset, budget, root / "plots" / f"{dataset}_curves_b{budget}.png"))
+            if len({s for s, _ in blocks(agg, dataset)}) > 1:
+                protocols = list(dict.fromkeys(p for _, p in blocks(agg, dataset)))
+                write("_students", [students_table(agg, dataset, p) for p in protocols])
+            if (agg["budget"] != FULL).any():
+                written.add(plot_recall_vs_budget(agg, dataset, root / "plots" / f"{dataset}_recall_vs_budget.png"))
+        for path in report_paths(root, dataset):
+            if path not in written:
                 path.unlink(missing_ok=True)
-            continue
-        table = paper_table(agg, dataset, missing=results.missing)
-        for (fmt, _), path in zip(TABLE_FORMATS, report_paths(root, dataset)):
-            write_text_atomic(path, render(table, fmt))
-        plot = report_paths(root, dataset)[-1]
-        if (agg[agg["dataset"] == dataset]["budget"] != FULL).any():
-            plot_recall_vs_budget(agg, dataset, plot)
-        else:
-            plot.unlink(missing_ok=True)

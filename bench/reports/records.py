@@ -24,13 +24,15 @@ import pandas as pd
 
 from bench.grid.record import KNOWN_CORESETS, METRICS, CellRecord, RecordError
 from bench.grid.store import read_records
+from bench.protocol.selection import SelectionError, selected_metrics
 
-__all__ = ["COLUMNS", "FULL", "METRIC_ORDER", "RecordError", "aggregate", "load_records", "method_order",
-           "numeric_budgets"]
+__all__ = ["COLUMNS", "FULL", "METRIC_ORDER", "SOURCE", "RecordError", "aggregate", "block_of", "blocks",
+           "load_records", "method_order", "numeric_budgets"]
 
 FULL = "full"
+SOURCE = "source"  # the grid's own student (bench.grid.spec.SOURCE_STUDENT)
 METRIC_ORDER = METRICS  # the one metric list (bench.grid.record)
-COLUMNS = ["dataset", "method", "kind", "budget", "metric", "mean", "std", "n"]
+COLUMNS = ["dataset", "method", "kind", "budget", "student", "protocol", "split", "metric", "mean", "std", "n"]
 
 
 def load_records(results_dir: str | os.PathLike[str]) -> list[CellRecord]:
@@ -79,14 +81,18 @@ def _budget_key(budget: Any) -> tuple[int, float]:
     return (1, math.inf) if budget == FULL else (0, float(budget))
 
 
-def aggregate(records: Iterable[CellRecord | Mapping[str, Any]]) -> pd.DataFrame:
-    """Long table, one row per (dataset, method, kind, budget, metric): pooled mean, std, n.
+def aggregate(records: Iterable[CellRecord | Mapping[str, Any]], select: str = "final") -> pd.DataFrame:
+    """Long table, one row per (dataset, method, kind, budget, student, protocol, metric):
+    pooled mean, std, n, with each evaluation run read under the selection rule ``select``
+    (:mod:`bench.protocol.selection`: ``final``, ``val`` or ``test``; the last two read the
+    test split of the runs' curves).
 
     Raises :class:`RecordError` when two records claim the same cell (same dataset, method,
     budget and method seed: e.g. two configs writing into one results dir), because pooling
-    them would silently double ``n``, and when one cell group mixes evaluation splits.
+    them would silently double ``n``, when one cell group mixes evaluation splits, and when a
+    rule other than ``final`` meets a run without the curve it needs (the message names the record).
     """
-    pooled: dict[tuple[str, str, str, Any, str], list[float]] = defaultdict(list)
+    pooled: dict[tuple[str, str, str, Any, str, str, str, str], list[float]] = defaultdict(list)
     seen: dict[tuple[Any, ...], str] = {}
     splits: dict[tuple[Any, ...], tuple[Any, str]] = {}
     for rec in map(_as_record, records):
@@ -100,16 +106,26 @@ def aggregate(records: Iterable[CellRecord | Mapping[str, Any]]) -> pd.DataFrame
             other = splits[cell[:3]]
             raise RecordError(f"{rec.name} (eval_split {split!r}) and {other[1]} (eval_split {other[0]!r}) "
                               f"would be pooled into one cell {cell[:3]}; report one split at a time")
-        for seed in rec.per_seed:
-            for metric, value in seed["metrics"].items():
-                if value is not None:
-                    pooled[(rec.dataset, rec.method, rec.inferred_kind(), budget, metric)].append(float(value))
+        for (student, protocol), runs in rec.runs().items():
+            for seed in runs:
+                try:
+                    metrics, _ = selected_metrics(seed, select)
+                except SelectionError as exc:
+                    raise RecordError(f"{rec.name}: cannot report the {select!r} selection: {exc}") from None
+                for metric, value in metrics.items():
+                    if value is not None:
+                        key = (rec.dataset, rec.method, rec.inferred_kind(), budget, student, protocol,
+                               split if select == "final" else "test", metric)
+                        pooled[key].append(float(value))
     rows = []
-    for (dataset, method, kind, budget, metric), values in pooled.items():
+    for key, values in pooled.items():
         arr = np.asarray(values, dtype=float)
         std = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
-        rows.append([dataset, method, kind, budget, metric, float(arr.mean()), std, int(arr.size)])
-    rows.sort(key=lambda r: (r[0], r[2] != "reference", r[1], _budget_key(r[3]), _metric_key(r[4])))
+        rows.append([*key, float(arr.mean()), std, int(arr.size)])
+    # Students and protocols in the order the records list them (the headline's first), not alphabetically.
+    order = {sp: i for i, sp in enumerate(dict.fromkeys((r[4], r[5]) for r in rows))}
+    rows.sort(key=lambda r: (r[0], r[2] != "reference", r[1], _budget_key(r[3]), r[4] != SOURCE, order[(r[4], r[5])],
+                             _metric_key(r[7])))
     frame = pd.DataFrame(rows, columns=COLUMNS)
     frame["budget"] = frame["budget"].astype(object)
     return frame
@@ -131,3 +147,24 @@ def numeric_budgets(agg: pd.DataFrame) -> pd.DataFrame:
     sub = agg[agg["budget"] != FULL].copy()
     sub["budget"] = sub["budget"].astype(int)
     return sub
+
+
+def blocks(agg: pd.DataFrame, dataset: str) -> list[tuple[str, str]]:
+    """The (student, protocol) pairs of a dataset's results, the grid's own student first and
+    protocols in the order the records list them."""
+    data = agg[(agg["dataset"] == dataset) & (agg["kind"] != "reference")]
+    if data.empty:
+        data = agg[agg["dataset"] == dataset]
+    pairs = list(dict.fromkeys(zip(data["student"], data["protocol"])))
+    students = list(dict.fromkeys(s for s, _ in pairs))
+    protocols = list(dict.fromkeys(p for _, p in pairs))
+    return sorted(pairs, key=lambda sp: (sp[0] != SOURCE, students.index(sp[0]), protocols.index(sp[1])))
+
+
+def block_of(agg: pd.DataFrame, dataset: str, student: str = SOURCE, protocol: str | None = None) -> pd.DataFrame:
+    """The rows of one (student, protocol) block; the whole-set reference of that student
+    whatever its protocol (presets change how budget-sized sets are trained, not the full row)."""
+    data = agg[(agg["dataset"] == dataset) & (agg["student"] == student)]
+    if protocol is not None:
+        data = data[(data["protocol"] == protocol) | (data["kind"] == "reference")]
+    return data

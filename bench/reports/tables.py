@@ -12,12 +12,21 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from bench.core.errors import UserError
-from bench.reports.records import FULL, METRIC_ORDER, method_order
+from bench.protocol.selection import SELECTION_LABELS
+from bench.reports.records import (
+    FULL,
+    METRIC_ORDER,
+    SOURCE,
+    block_of,
+    blocks,
+    method_order,
+)
 
 BUNDLED_REFERENCE = Path(__file__).resolve().parent / "reference" / "paper_results.csv"
 REFERENCE_COLUMNS = ("source", "dataset", "pairs", "method", "metric", "value", "std")
@@ -26,7 +35,20 @@ DEFAULT_ALIASES: Mapping[str, str] = {FULL: "full-data"}
 SOURCE_TITLES: Mapping[str, str] = {
     "vl-distill": "Vision-Language Dataset Distillation (Wu et al., TMLR 2024)",
     "lors": "LoRS: Low-Rank Similarity Mining for Multimodal Dataset Distillation (ICML 2024)",
+    "repblend": "Beyond Modality Collapse: Representations Blending for Multimodal Dataset Distillation "
+                "(NeurIPS 2025)",
+    "mdm": "Multimodal Distribution Matching for Vision-Language Dataset Distillation (CVPR 2026)",
 }
+#: The evaluation rule behind each source's numbers (bench.reports.reference/SOURCE.md).
+SOURCE_RULES: Mapping[str, str] = {
+    "vl-distill": "final epoch (51 epochs of training)",
+    "lors": "best test evaluation of every 10 epochs (test-selected, optimistic)",
+    "repblend": "best test evaluation of every 20 epochs (test-selected, optimistic)",
+    "mdm": "test evaluation at epochs 99 and 100",
+}
+#: Rows below the recalls of each budget: the normalised score and the selection's optimism.
+NORM = "norm"
+OPTIMISM = "optimism"
 MISSING = "\u2013"  # en dash: a cell we have no number for
 PAPER_SUFFIX = " (paper)"
 FORMATS = ("markdown", "latex", "csv")
@@ -76,12 +98,25 @@ def _fmt(mean: float, std: float | None, decimals: int | None = 1) -> str:
     return f"{text(mean)} \u00b1 {text(std)}"
 
 
+def _published_mean(pubs: pd.DataFrame, source: str, method: str, pairs: str) -> float | None:
+    """A source's published mean recall of (method, pairs): its ``mean`` row, else the mean of
+    its six recalls when all are given; None when it gives neither."""
+    rows = pubs[(pubs["source"] == source) & (pubs["method"] == method) & (pubs["pairs"] == pairs)]
+    values = dict(zip(rows["metric"], rows["value"]))
+    if "mean" in values:
+        return float(values["mean"])
+    six = [values.get(m) for m in METRIC_ORDER if m != "mean"]
+    return float(np.mean(six)) if all(v is not None for v in six) else None
+
+
 def _published(ref: pd.DataFrame, dataset: str, source: str) -> tuple[dict, dict]:
     """Cells {(method, pairs, metric): text} and the source chosen per (method, pairs) block.
 
     The source is chosen per block, not per cell: the papers re-ran the same baselines with
     different numbers, so mixing e.g. LoRS's ``mean`` into vl-distill's recalls would show a
-    mean that is not the mean of the numbers beside it.
+    mean that is not the mean of the numbers beside it. The ``norm`` cell of a block is the
+    source's own normalised score, from its own random row at those pairs and its own
+    full-data row; "–" where the source publishes either not.
     """
     pubs = ref[ref["dataset"] == dataset]
     order = list(dict.fromkeys(pubs["source"]))
@@ -93,7 +128,30 @@ def _published(ref: pd.DataFrame, dataset: str, source: str) -> tuple[dict, dict
         chosen[(method, pairs)] = src
         for row in block[block["source"] == src].itertuples():
             cells[(method, pairs, row.metric)] = _fmt(row.value, row.std, decimals=None)
+        mean = _published_mean(pubs, src, method, pairs)
+        random = _published_mean(pubs, src, "random", pairs)
+        full = _published_mean(pubs, src, DEFAULT_ALIASES[FULL], FULL)
+        if None not in (mean, random, full) and full - random >= MIN_NORM_GAP:
+            cells[(method, pairs, NORM)] = f"{(mean - random) / (full - random):.2f}"
     return cells, chosen
+
+
+#: The normalised score is shown only where full data beats random by at least this many
+#: points of mean recall: below it the denominator is noise and the ratio meaningless.
+MIN_NORM_GAP = 0.5
+
+
+def normalised(data: pd.DataFrame, method: str, budget: Any, full_cols: Sequence[str]) -> float | None:
+    """(method - random@budget) / (full - random@budget) on the ``mean`` recall of one block;
+    None without a random row at that budget or a full row (never guessed), or when full is
+    not :data:`MIN_NORM_GAP` above random."""
+    means = {(r.method, r.budget): r.mean for r in data[data["metric"] == "mean"].itertuples()}
+    value = means.get((method, FULL if method in full_cols else budget))
+    random = means.get(("random", budget))
+    full = next((means[(f, FULL)] for f in full_cols if (f, FULL) in means), None)
+    if value is None or random is None or full is None or full - random < MIN_NORM_GAP:
+        return None
+    return (value - random) / (full - random) + 0.0  # + 0.0: no "-0.00"
 
 
 def paper_table(
@@ -104,33 +162,63 @@ def paper_table(
     source: str = "vl-distill",
     aliases: Mapping[str, str] | None = None,
     missing: Mapping[str, str] | None = None,
+    student: str = SOURCE,
+    protocol: str | None = None,
+    select: str = "final",
+    final: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Rows (pairs, metric), columns methods then ``full``; strings "mean ± std" or "–".
+
+    One block of ``agg`` (:func:`bench.reports.records.aggregate` under the rule ``select``):
+    the runs of ``student`` under ``protocol`` (None: the first of the dataset's). Below the
+    recalls of each budget, ``norm`` = (method - random) / (full - random) on the mean recall
+    of the same block (0 = random at that budget, 1 = full data; "–" when either is missing)
+    and, when ``final`` (the same records aggregated under ``final``) is given and ``select``
+    is not ``final``, ``optimism`` = selected minus final mean recall.
 
     ``missing`` (cell id -> reason, as :class:`bench.grid.store.GridResults` gives it) names the
     grid's cells without a current number; those of this dataset are listed in the caption.
 
     With ``reference`` (see :func:`load_reference`), each of our columns that has published
     numbers for this dataset gets a "<method> (paper)" column right after it (only budgets we
-    ran are shown). ``aliases`` maps our method names to the CSV's (default: full -> full-data).
+    ran are shown), with the source's own ``norm`` where it publishes random and full rows.
+    ``aliases`` maps our method names to the CSV's (default: full -> full-data).
     ``table.attrs`` holds ``caption``, ``dataset``, ``sources`` and ``reference_choice``.
     """
-    data = agg[agg["dataset"] == dataset]
-    if data.empty:
+    if agg[agg["dataset"] == dataset].empty:
         raise ValueError(f"no results for dataset {dataset!r}; have {sorted(agg['dataset'].unique())}")
+    if protocol is None:
+        protocol = next((p for s, p in blocks(agg, dataset) if s == student), None)
+    data = block_of(agg, dataset, student, protocol)
+    if data.empty:
+        raise ValueError(f"no results for dataset {dataset!r} on student {student!r} under protocol {protocol!r}")
     aliases = {**DEFAULT_ALIASES, **(aliases or {})}
     budgets = sorted({int(b) for b in data["budget"] if b != FULL}) or [FULL]
     full_cols = sorted(data.loc[data["budget"] == FULL, "method"].unique()) or [FULL]
     ours = {(r.method, r.budget, r.metric): (r.mean, r.std, r.n) for r in data.itertuples()}
-    index = pd.MultiIndex.from_product([budgets, list(metrics)], names=["pairs", "metric"])
+    base = None if final is None or select == "final" else block_of(final, dataset, student, protocol)
+    base_means = {} if base is None else {(r.method, r.budget): r.mean for r in base[base["metric"] == "mean"].itertuples()}
+    extra = [NORM] + ([OPTIMISM] if base is not None else [])
+    index = pd.MultiIndex.from_product([budgets, list(metrics) + extra], names=["pairs", "metric"])
     pub_cells, chosen = _published(reference, dataset, source) if reference is not None else ({}, {})
     columns: dict[str, list[str]] = {}
     used_sources: dict[str, None] = {}
     ns: list[int] = []
+    no_norm = False
     for method in method_order(data) + full_cols:
         is_full = method in full_cols
         values = []
         for budget, metric in index:
+            if metric == NORM:
+                value = normalised(data, method, budget, full_cols)
+                no_norm |= value is None and budget != FULL
+                values.append(MISSING if value is None else f"{value:.2f}")
+                continue
+            if metric == OPTIMISM:
+                picked = ours.get((method, FULL if is_full else budget, "mean"))
+                last = base_means.get((method, FULL if is_full else budget))
+                values.append(MISSING if picked is None or last is None else f"{picked[0] - last:+.1f}")
+                continue
             cell = ours.get((method, FULL if is_full else budget, metric))
             values.append(MISSING if cell is None else _fmt(cell[0], cell[1]))
             ns += [] if cell is None else [cell[2]]
@@ -147,22 +235,112 @@ def paper_table(
     table = pd.DataFrame(columns, index=index)
     table.columns.name = "method"
     runs = f"{min(ns)}" if ns and min(ns) == max(ns) else (f"{min(ns)}-{max(ns)}" if ns else "0")
-    caption = (f"{dataset}: retrieval recall (%), mean \u00b1 std over {runs} pooled evaluation runs "
-               f"per cell; {'/'.join(full_cols)} = model trained on the whole training set.")
+    splits = "/".join(sorted(set(data["split"].dropna()))) or "?"
+    caption = (f"{dataset}: retrieval recall (%) on the {splits} split, {SELECTION_LABELS[select]}, "
+               f"student {student}, protocol {protocol}; mean ± std over {runs} pooled evaluation runs "
+               f"per cell; {'/'.join(full_cols)} = model trained on the whole training set; norm = (method - random) "
+               f"/ ({'/'.join(full_cols)} - random) on the mean recall.")
+    if no_norm:
+        caption += (" norm –: no random row at that budget or no full row in this block, or full less "
+                    f"than {MIN_NORM_GAP} points above random.")
+    if base is not None:
+        caption += f" optimism = {select}-selected minus final mean recall."
     if used_sources:
         caption += " (paper) = published: " + "; ".join(
-            f"{s}: {SOURCE_TITLES.get(s, s)}" for s in used_sources) + "."
+            f"{s}: {SOURCE_TITLES.get(s, s)}, reporting the {SOURCE_RULES.get(s, 'rule not recorded')}"
+            for s in used_sources) + "."
     ours_missing = {c: why for c, why in (missing or {}).items() if c.startswith(f"{dataset}__")}
     if ours_missing:
         caption += " Missing (no current result): " + "; ".join(f"{c} ({why})" for c, why in ours_missing.items()) + "."
-    table.attrs.update(caption=caption, dataset=dataset, sources=list(used_sources),
+    table.attrs.update(caption=caption, dataset=dataset, sources=list(used_sources), student=student,
+                       protocol=protocol, select=select,
                        reference_choice={f"{m} @ {p}": s for (m, p), s in chosen.items()})
     return table
 
 
-def mean_table(agg: pd.DataFrame, dataset: str, metric: str = "mean") -> pd.DataFrame:
-    """Compact summary: rows methods (full last, repeated across budgets), columns budgets."""
-    data = agg[(agg["dataset"] == dataset) & (agg["metric"] == metric)]
+def _mean_cells(data: pd.DataFrame) -> dict[tuple[str, Any], tuple[float, float]]:
+    return {(r.method, r.budget): (r.mean, r.std) for r in data[data["metric"] == "mean"].itertuples()}
+
+
+def selection_table(aggs: Mapping[str, pd.DataFrame], dataset: str, student: str = SOURCE,
+                    protocol: str | None = None) -> pd.DataFrame:
+    """Mean recall of every method and budget under each selection rule, side by side: rows
+    (pairs, method), columns ``final``, ``val-selected``, ``test-selected (optimistic)``,
+    ``optimism`` (test-selected minus final) and the ``norm`` of each rule. ``aggs``: rule ->
+    :func:`bench.reports.records.aggregate` of the same records under that rule."""
+    final = aggs["final"]
+    if protocol is None:
+        protocol = next((p for s, p in blocks(final, dataset) if s == student), None)
+    data = {rule: block_of(agg, dataset, student, protocol) for rule, agg in aggs.items()}
+    cells = {rule: _mean_cells(d) for rule, d in data.items()}
+    full_cols = sorted(data["final"].loc[data["final"]["budget"] == FULL, "method"].unique())
+    budgets = sorted({int(b) for b in data["final"]["budget"] if b != FULL})
+    labels = {"final": "final", "val": "val-selected", "test": "test-selected (optimistic)"}
+    rows, index = [], []
+    for budget in budgets:
+        for method in method_order(data["final"]) + full_cols:
+            key = (method, FULL if method in full_cols else budget)
+            if key not in cells["final"]:
+                continue
+            row = {labels[r]: _fmt(*cells[r][key]) if key in cells[r] else MISSING for r in aggs}
+            if "test" in cells and key in cells["test"]:
+                row["optimism"] = f"{cells['test'][key][0] - cells['final'][key][0]:+.1f}"
+            for rule in aggs:
+                value = normalised(data[rule], method, budget, full_cols)
+                row[f"norm ({labels[rule].split()[0]})"] = MISSING if value is None else f"{value:.2f}"
+            rows.append(row)
+            index.append((budget, method))
+    table = pd.DataFrame(rows, index=pd.MultiIndex.from_tuples(index, names=["pairs", "method"])).fillna(MISSING)
+    table.columns.name = "rule"
+    table.attrs.update(dataset=dataset, caption=(
+        f"{dataset}: mean recall (%) on the test split under three epoch-selection rules from the same evaluation "
+        f"runs (student {student}, protocol {protocol}): final = the last epoch (the headline); val-selected = test at "
+        "the epoch of the best val mean; test-selected = the best test epoch (what LoRS, RepBlend and PDS report: "
+        "optimistic); optimism = test-selected minus final; mean ± std over evaluation runs, each run selecting "
+        "its own epoch."))
+    return table
+
+
+def students_table(agg: pd.DataFrame, dataset: str, protocol: str | None = None) -> pd.DataFrame:
+    """Cross-architecture summary: rows (pairs, method), a column of mean recall per student
+    (the grid's own first), ``cross-arch`` = the mean over the other students (MDM's Table 2
+    definition) and ``cross-arch norm`` = the mean of their normalised scores."""
+    students = list(dict.fromkeys(s for s, _ in blocks(agg, dataset)))
+    data = {s: block_of(agg, dataset, s, protocol or next(p for t, p in blocks(agg, dataset) if t == s))
+            for s in students}
+    others = [s for s in students if s != SOURCE]
+    full_cols = sorted(data[SOURCE].loc[data[SOURCE]["budget"] == FULL, "method"].unique())
+    budgets = sorted({int(b) for b in data[SOURCE]["budget"] if b != FULL})
+    rows, index = [], []
+    for budget in budgets:
+        for method in method_order(data[SOURCE]) + full_cols:
+            key = (method, FULL if method in full_cols else budget)
+            cells = {s: _mean_cells(d).get(key) for s, d in data.items()}
+            if all(c is None for c in cells.values()):
+                continue
+            row = {s: MISSING if c is None else _fmt(*c) for s, c in cells.items()}
+            means = [cells[s][0] for s in others if cells[s] is not None]
+            row["cross-arch"] = f"{np.mean(means):.1f}" if others and len(means) == len(others) else MISSING
+            norms = [normalised(data[s], method, budget, full_cols) for s in others]
+            row["cross-arch norm"] = (f"{np.mean(norms):.2f}" if others and None not in norms else MISSING)
+            rows.append(row)
+            index.append((budget, method))
+    table = pd.DataFrame(rows, index=pd.MultiIndex.from_tuples(index, names=["pairs", "method"]))
+    table.columns.name = "student"
+    table.attrs.update(dataset=dataset, caption=(
+        f"{dataset}: mean recall (%) of each set trained on each student (source = the student the sets were made "
+        f"with), final epoch; cross-arch = mean over the {len(others)} other student(s); cross-arch norm = the mean "
+        "of their normalised scores (0 = random at that budget on that student, 1 = full data on it)."))
+    return table
+
+
+def mean_table(agg: pd.DataFrame, dataset: str, metric: str = "mean", student: str = SOURCE,
+               protocol: str | None = None) -> pd.DataFrame:
+    """Compact summary of one block: rows methods (full last, repeated across budgets), columns budgets."""
+    if protocol is None:
+        protocol = next((p for s, p in blocks(agg, dataset) if s == student), None)
+    data = block_of(agg, dataset, student, protocol)
+    data = data[data["metric"] == metric]
     if data.empty:
         raise ValueError(f"no {metric!r} results for dataset {dataset!r}")
     budgets = sorted({int(b) for b in data["budget"] if b != FULL})
