@@ -32,7 +32,9 @@ from methods.coresets._common import (
 EXACT_MAX_WORK = 2.0e11
 #: The approximate search: a PCA of this many dimensions (fitted on a sample of rows), then an
 #: inverted-file index of ceil(sqrt(n)) lists trained on at most 40 rows per list, of which
-#: NPROBE are scanned per query; similarities are cosines of the projected rows.
+#: NPROBE are scanned per query; similarities are cosines of the projected rows. (Twice the
+#: lists halve the search at Flickr scale, 54 -> 25 s on 2 busy cores, but cut the neighbour
+#: recall of the clustered test pool from 0.81 to 0.74.)
 PCA_DIM = 128
 PCA_SAMPLE = 10_000
 NPROBE = 8
