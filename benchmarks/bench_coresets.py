@@ -17,6 +17,7 @@ total, which includes the features and the interpreter.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import tracemalloc
@@ -96,7 +97,7 @@ def measure(fn: Callable[[], np.ndarray]) -> tuple[float, float, float | None, f
     return seconds, peak / 2**20, (hwm - rss_before) / 1024, hwm / 1024
 
 
-def bench(n: int, d: int, budget: int, seed: int) -> None:
+def bench(n: int, d: int, budget: int, seed: int, only: list[str] | None = None) -> None:
     start = time.perf_counter()
     x = synthetic_features(n, d, seed)
     rng = np.random.default_rng(seed + 1)
@@ -120,6 +121,8 @@ def bench(n: int, d: int, budget: int, seed: int) -> None:
     }
     print(f"  {'method':<18} {'seconds':>8}  {'ms/pick':>8}  {'tracemalloc':>11}  {'RSS growth':>10}  {'peak RSS':>9}")
     for name, fn in selectors.items():
+        if only and name not in only:
+            continue
         seconds, traced, growth, peak = measure(fn)
         rss = "        n/a           n/a" if peak is None else f"{growth:7.0f} MiB  {peak:5.0f} MiB"
         print(f"  {name:<18} {seconds:8.2f}  {1000 * seconds / budget:8.2f}  {traced:7.0f} MiB  {rss}")
@@ -133,12 +136,15 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--flickr-scale", action="store_true",
                         help="also run 145,000 pairs x 4608-d, budget 1000 (2.7 GiB features, minutes)")
+    parser.add_argument("--methods", nargs="+", metavar="NAME", help="only these coresets (default: all eight)")
     args = parser.parse_args()
 
     print(format_machine(machine_info()))
-    bench(args.pairs, args.dim, args.budget, args.seed)
+    print(f"load average {' '.join(f'{v:.1f}' for v in os.getloadavg())} (1, 5, 15 min)")
+    bench(args.pairs, args.dim, args.budget, args.seed, args.methods)
     if args.flickr_scale:
-        bench(*FLICKR_SCALE, args.seed)
+        bench(*FLICKR_SCALE, args.seed, args.methods)
+        print(f"load average {' '.join(f'{v:.1f}' for v in os.getloadavg())} (1, 5, 15 min)")
     return 0
 
 

@@ -17,7 +17,15 @@ from bench.core.config import ConfigError, from_dict
 from bench.data.pairs import PairSet
 from bench.protocol.proxy import GalleryRows, ProxyRun
 from bench.registry import get_method
-from methods.coresets import ccs, clip_score, el2n, facility_location, forgetting, herding, kcenter
+from methods.coresets import (
+    ccs,
+    clip_score,
+    el2n,
+    facility_location,
+    forgetting,
+    herding,
+    kcenter,
+)
 from methods.coresets import random as random_coreset
 
 SEEDS = [0, 1, 2]
@@ -491,7 +499,7 @@ def test_bad_parameters_are_one_line_errors_naming_the_key(name: str, bad: dict,
 
 @pytest.mark.parametrize("name", ["clip-score", "el2n", "facility-location", "ccs"])
 def test_unknown_parameters_are_errors(name: str) -> None:
-    with pytest.raises(ConfigError, match=rf"unknown config key 'methods\[0\]\.bogus'"):
+    with pytest.raises(ConfigError, match=r"unknown config key 'methods\[0\]\.bogus'"):
         from_dict(get_method(name).Params, {"bogus": 1}, "methods[0]")
     wrong = {"clip-score": ("max_per_image", "an integer"), "el2n": ("keep", "is not one of"),
              "facility-location": ("search", "is not one of"), "ccs": ("score", "is not one of")}[name]

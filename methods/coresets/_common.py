@@ -63,6 +63,13 @@ def rank(scores: np.ndarray, rng: np.random.Generator, descending: bool = True) 
     return np.lexsort((tie_break, key)).astype(np.int64)
 
 
+def top(scores: np.ndarray, budget: int, rng: np.random.Generator, descending: bool = True) -> np.ndarray:
+    """The first ``budget`` indices of :func:`rank`: the highest (or lowest) scores."""
+    order = rank(scores, rng, descending)
+    check_select_budget(budget, order.shape[0])
+    return order[:budget]
+
+
 def proxy_rows(ctx: MethodContext, array: np.ndarray, what: str) -> np.ndarray:
     """The proxy array, checked to have one row per training pair of the context."""
     if len(array) != ctx.n_pairs:

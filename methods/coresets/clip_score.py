@@ -18,11 +18,11 @@ from bench.registry import register
 from methods.coresets._common import (
     CoresetMethod,
     as_features,
-    as_scores,
     check_select_budget,
     proxy_rows,
     rank,
     squared_norms,
+    top,
 )
 
 
@@ -53,10 +53,10 @@ def select(clip_scores: np.ndarray, budget: int, rng: np.random.Generator,
     """Indices of the ``budget`` highest-scoring pairs, best first; ties in a random order from
     ``rng``. With ``max_per_image`` a pair is skipped (in score order) once its image
     (``image_ids``, one per pair) already has that many pairs in the set."""
+    if max_per_image is None:
+        return top(clip_scores, budget, rng)
     order = rank(clip_scores, rng)
     check_select_budget(budget, order.shape[0])
-    if max_per_image is None:
-        return order[:budget]
     if image_ids is None or np.asarray(image_ids).shape != order.shape:
         raise ValueError("max_per_image needs image_ids, one image index per pair")
     ids = np.asarray(image_ids)[order]
@@ -81,7 +81,7 @@ class ClipScoreCoreset(CoresetMethod):
 
     def choose(self, ctx: MethodContext, budget: int, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
         image, text = ctx.proxy().embeddings()
-        pair_scores = as_scores(proxy_rows(ctx, scores(image, text), "embeddings"), "clip scores")
+        pair_scores = proxy_rows(ctx, scores(image, text), "embeddings")
         image_ids = ctx.data.train.caption_image.numpy()
         indices = select(pair_scores, budget, rng, image_ids, self.params.max_per_image)
         return indices, {"score_selected_min": float(pair_scores[indices].min()),

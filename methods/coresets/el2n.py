@@ -22,9 +22,8 @@ from bench.protocol.proxy import GalleryRows
 from bench.registry import register
 from methods.coresets._common import (
     CoresetMethod,
-    check_select_budget,
     proxy_rows,
-    rank,
+    top,
 )
 
 #: Pairs per chunk of the score computation (a chunk x gallery float64 temporary or two).
@@ -100,9 +99,7 @@ def select(el2n_scores: np.ndarray, budget: int, rng: np.random.Generator,
     random order from ``rng``."""
     if keep not in ("highest", "lowest"):
         raise ValueError(f"keep must be 'highest' or 'lowest', got {keep!r}")
-    order = rank(el2n_scores, rng, descending=keep == "highest")
-    check_select_budget(budget, order.shape[0])
-    return order[:budget]
+    return top(el2n_scores, budget, rng, descending=keep == "highest")
 
 
 @register("el2n", "coreset", "EL2N for pairs: the largest early-proxy error norms against a fixed gallery")

@@ -11,9 +11,8 @@ from bench.methods_api import MethodContext
 from bench.registry import register
 from methods.coresets._common import (
     CoresetMethod,
-    check_select_budget,
     proxy_rows,
-    rank,
+    top,
 )
 
 
@@ -45,9 +44,7 @@ def select(forgetting_counts: np.ndarray, ever_learned: np.ndarray, budget: int,
     the result is deterministic per seed; counts tie massively (most pairs are forgotten 0 or
     1 times).
     """
-    scores = difficulty(forgetting_counts, ever_learned)
-    check_select_budget(budget, scores.shape[0])
-    return rank(scores, rng)[:budget]
+    return top(difficulty(forgetting_counts, ever_learned), budget, rng)
 
 
 @register("forgetting", "coreset", "most forgotten pairs during proxy training first (never-learned first)")
