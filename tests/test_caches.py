@@ -80,6 +80,17 @@ def test_corrupt_proxy_is_recomputed(grid):
     again = _rebuilt(path, "proxy cache", lambda: load_or_compute_proxy(data, grid.model, *recipe, 0, CPU, grid.cache_dir))
     assert (again.features == first.features).all()
     assert first.gallery is not None and (again.gallery.image_to_text == first.gallery.image_to_text).all()
+    # Readable, but its gallery rows do not cover the pairs: rebuilt too.
+    blob = torch.load(path, weights_only=False)
+    blob["gallery"]["image_to_text"] = blob["gallery"]["image_to_text"][:, :5]
+    torch_save_atomic(path, blob)
+    with pytest.warns(UserWarning, match="gallery similarities are not"):
+        rebuilt = load_or_compute_proxy(data, grid.model, *recipe, 0, CPU, grid.cache_dir)
+    assert (rebuilt.gallery.image_to_text == first.gallery.image_to_text).all()
+    blob["gallery"] = {"positive": blob["gallery"]["positive"]}
+    torch_save_atomic(path, blob)
+    with pytest.warns(UserWarning, match="its gallery is not a mapping of epochs, gallery"):
+        load_or_compute_proxy(data, grid.model, *recipe, 0, CPU, grid.cache_dir)
 
 
 def test_corrupt_expert_is_retrained(grid):

@@ -210,6 +210,9 @@ def _check_proxy(n_pairs: int) -> Callable[[object], str | None]:
             return f"it covers {rows} pairs, the dataset has {n_pairs}"
         gallery = blob["gallery"]
         if gallery is not None:
+            names = {f.name for f in fields(GalleryRows)}
+            if not isinstance(gallery, dict) or set(gallery) != names:
+                return f"its gallery is not a mapping of {', '.join(sorted(names))}"
             shape = (len(gallery["epochs"]), n_pairs)
             wide = (*shape, len(gallery["gallery"]))
             if (gallery["positive"].shape, gallery["image_to_text"].shape, gallery["text_to_image"].shape) != \
