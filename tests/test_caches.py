@@ -74,11 +74,23 @@ def test_corrupt_caption_embeddings_are_rebuilt(tmp_path):
 
 def test_corrupt_proxy_is_recomputed(grid):
     data = prepared(grid, "embedded")
-    recipe = grid.proxy.train_config(grid.evaluation.full_train)
-    first = load_or_compute_proxy(data, grid.model, recipe, 0, CPU, grid.cache_dir)
-    (path,) = (Path(grid.cache_dir) / "proxy").glob(f"embedded-{proxy_key(data, grid.model, recipe, 0)}.pt")
-    again = _rebuilt(path, "proxy cache", lambda: load_or_compute_proxy(data, grid.model, recipe, 0, CPU, grid.cache_dir))
+    recipe = (grid.proxy, grid.evaluation.full_train)
+    first = load_or_compute_proxy(data, grid.model, *recipe, 0, CPU, grid.cache_dir)
+    (path,) = (Path(grid.cache_dir) / "proxy").glob(f"embedded-{proxy_key(data, grid.model, *recipe, 0)}.pt")
+    again = _rebuilt(path, "proxy cache", lambda: load_or_compute_proxy(data, grid.model, *recipe, 0, CPU, grid.cache_dir))
     assert (again.features == first.features).all()
+    assert first.gallery is not None and (again.gallery.image_to_text == first.gallery.image_to_text).all()
+    # Readable, but its gallery rows do not cover the pairs: rebuilt too.
+    blob = torch.load(path, weights_only=False)
+    blob["gallery"]["image_to_text"] = blob["gallery"]["image_to_text"][:, :5]
+    torch_save_atomic(path, blob)
+    with pytest.warns(UserWarning, match="gallery similarities are not"):
+        rebuilt = load_or_compute_proxy(data, grid.model, *recipe, 0, CPU, grid.cache_dir)
+    assert (rebuilt.gallery.image_to_text == first.gallery.image_to_text).all()
+    blob["gallery"] = {"positive": blob["gallery"]["positive"]}
+    torch_save_atomic(path, blob)
+    with pytest.warns(UserWarning, match="its gallery is not a mapping of epochs, gallery"):
+        load_or_compute_proxy(data, grid.model, *recipe, 0, CPU, grid.cache_dir)
 
 
 def test_corrupt_expert_is_retrained(grid):
@@ -129,12 +141,12 @@ def test_the_text_encoder_is_part_of_every_cache_key(grid):
     others = [replace(encoder, pooling="cls"), replace(encoder, normalize=False), replace(encoder, max_length=32)]
     identities = {model_identity(e) for e in [encoder, *others]}
     assert len(identities) == 4 and model_identity(replace(encoder, batch_size=7)) == data.encoder_key
-    base, recipe = grid.evaluation.full_train, grid.proxy.train_config(grid.evaluation.full_train)
+    base = grid.evaluation.full_train
     for identity in identities - {data.encoder_key}:
         other = PreparedDataset(data.dataset, data.text_emb, identity)
         assert other.key != data.key
         assert expert_key(other, grid.model, grid.experts, base) != expert_key(data, grid.model, grid.experts, base)
-        assert proxy_key(other, grid.model, recipe, 0) != proxy_key(data, grid.model, recipe, 0)
+        assert proxy_key(other, grid.model, grid.proxy, base, 0) != proxy_key(data, grid.model, grid.proxy, base, 0)
     # Without an encoder identity the key fingerprints the embeddings themselves.
     bare = PreparedDataset(data.dataset, data.text_emb)
     shifted = PreparedDataset(data.dataset, {k: v + 1e-3 for k, v in data.text_emb.items()})

@@ -96,8 +96,9 @@ def referenced(grid: GridConfig) -> tuple[set[Path], set[str]]:
         if any(c.uses_experts for c in classes.values()):
             paths.add(expert_dir(cache, data, expert_key(data, grid.model, grid.experts, grid.evaluation.full_train)))
         if any(c.uses_proxy for c in classes.values()):
-            recipe = grid.proxy.train_config(grid.evaluation.full_train)
-            paths |= {proxy_path(cache, data, proxy_key(data, grid.model, recipe, seed)) for seed in grid.method_seeds}
+            base = grid.evaluation.full_train
+            paths |= {proxy_path(cache, data, proxy_key(data, grid.model, grid.proxy, base, seed))
+                      for seed in grid.method_seeds}
     for cell in plan_cells(grid):
         resolved = resolve_cell(grid, cell)
         if resolved.method_cls.uses_experts and not store.finished(cell, resolved.hash):

@@ -42,8 +42,8 @@ def prepared(grid: GridConfig, name: str, progress: bool = False) -> PreparedDat
 
 def load_proxy(grid: GridConfig, data: PreparedDataset, seed: int, device: torch.device, progress: bool) -> ProxyRun:
     """The grid's proxy run of ``data`` for method seed ``seed`` (trained, or read from the cache)."""
-    recipe = grid.proxy.train_config(grid.evaluation.full_train)
-    return load_or_compute_proxy(data, grid.model, recipe, seed, device, grid.cache_dir, progress)
+    return load_or_compute_proxy(data, grid.model, grid.proxy, grid.evaluation.full_train, seed, device,
+                                 grid.cache_dir, progress)
 
 
 class SharedArtifacts:

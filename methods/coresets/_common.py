@@ -43,6 +43,33 @@ def squared_norms(features: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->i", features, features, dtype=np.float64)
 
 
+def as_scores(scores: np.ndarray, what: str = "scores") -> np.ndarray:
+    """A 1-D finite numeric array (one score per pair); ``what`` names it in the error."""
+    scores = np.asarray(scores)
+    if scores.ndim != 1 or not np.issubdtype(scores.dtype, np.number):
+        raise ValueError(f"{what} must be a 1-D numeric array, got {scores.dtype} of shape {scores.shape}")
+    if not np.isfinite(scores).all():
+        raise ValueError(f"{what} contain NaN or infinite values")
+    return scores
+
+
+def rank(scores: np.ndarray, rng: np.random.Generator, descending: bool = True) -> np.ndarray:
+    """Every index, by score (highest first when ``descending``), ties in a uniformly random
+    order from ``rng`` (a random permutation is the last sort key). Breaking ties by index
+    instead would favour the start of the file, and integer scores tie massively."""
+    scores = as_scores(scores)
+    tie_break = rng.permutation(scores.shape[0])
+    key = -scores.astype(np.float64) if descending else scores.astype(np.float64)
+    return np.lexsort((tie_break, key)).astype(np.int64)
+
+
+def top(scores: np.ndarray, budget: int, rng: np.random.Generator, descending: bool = True) -> np.ndarray:
+    """The first ``budget`` indices of :func:`rank`: the highest (or lowest) scores."""
+    order = rank(scores, rng, descending)
+    check_select_budget(budget, order.shape[0])
+    return order[:budget]
+
+
 def proxy_rows(ctx: MethodContext, array: np.ndarray, what: str) -> np.ndarray:
     """The proxy array, checked to have one row per training pair of the context."""
     if len(array) != ctx.n_pairs:

@@ -9,19 +9,17 @@ import numpy as np
 
 from bench.methods_api import MethodContext
 from bench.registry import register
-from methods.coresets._common import CoresetMethod, check_select_budget, proxy_rows
+from methods.coresets._common import (
+    CoresetMethod,
+    proxy_rows,
+    top,
+)
 
 
-def select(forgetting_counts: np.ndarray, ever_learned: np.ndarray, budget: int,
-           rng: np.random.Generator) -> np.ndarray:
-    """Indices of ``budget`` pairs, most forgettable first: pairs never learned rank above every
-    count, then pairs by forgetting count, descending.
-
-    Tie-break: uniformly at random from ``rng`` (a random permutation is the last sort key), so
-    the result is deterministic per seed. Breaking ties by index instead would bias selection
-    towards the start of the file, and counts tie massively (most pairs are forgotten 0 or 1
-    times).
-    """
+def difficulty(forgetting_counts: np.ndarray, ever_learned: np.ndarray) -> np.ndarray:
+    """(n,) int64 forgetting difficulty: a pair's forgetting count, and for a pair never learned
+    one more than the largest count (never learned ranks above every count, as in Toneva et
+    al., who give unlearned examples infinite forgetting). Checks the two arrays."""
     counts = np.asarray(forgetting_counts)
     learned = np.asarray(ever_learned)
     if counts.ndim != 1 or learned.shape != counts.shape:
@@ -33,11 +31,20 @@ def select(forgetting_counts: np.ndarray, ever_learned: np.ndarray, budget: int,
         raise ValueError("forgetting_counts must be non-negative integers")
     if (counts[~learned] > 0).any():
         raise ValueError("a pair never learned cannot have been forgotten (are the arguments swapped?)")
-    check_select_budget(budget, counts.shape[0])
-    tie_break = rng.permutation(counts.shape[0])
-    # lexsort: last key is primary. False (never learned) sorts first, then counts descending.
-    order = np.lexsort((tie_break, -counts.astype(np.int64), learned))
-    return order[:budget].astype(np.int64)
+    counts = counts.astype(np.int64)
+    return np.where(learned, counts, (counts.max() if len(counts) else 0) + 1)
+
+
+def select(forgetting_counts: np.ndarray, ever_learned: np.ndarray, budget: int,
+           rng: np.random.Generator) -> np.ndarray:
+    """Indices of ``budget`` pairs, most forgettable first: pairs never learned rank above every
+    count, then pairs by forgetting count, descending (:func:`difficulty`).
+
+    Tie-break: uniformly at random from ``rng`` (:func:`methods.coresets._common.rank`), so
+    the result is deterministic per seed; counts tie massively (most pairs are forgotten 0 or
+    1 times).
+    """
+    return top(difficulty(forgetting_counts, ever_learned), budget, rng)
 
 
 @register("forgetting", "coreset", "most forgotten pairs during proxy training first (never-learned first)")
