@@ -20,7 +20,7 @@ from bench.core.io import load_torch_or_none, stable_hash, torch_save_atomic
 from bench.data.datasets import PreparedDataset
 from bench.models.student import ModelConfig, build_student
 from bench.protocol.embed import embed_pairs
-from bench.protocol.train import TrainConfig, train_student
+from bench.protocol.train import TrainConfig, check_contrastive_batch, train_student
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,13 @@ class ProxyConfig:
     batch_size: int = 128
     lr_image: float = 0.1
     lr_text: float = 0.1
+
+    def __post_init__(self) -> None:  # checked at load, not when the first proxy trains
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be positive, got {self.epochs}")
+        check_contrastive_batch(self.batch_size)
+        if self.lr_image < 0 or self.lr_text < 0:
+            raise ValueError("learning rates must be >= 0")
 
     def train_config(self, base: TrainConfig) -> TrainConfig:
         return replace(base, epochs=self.epochs, batch_size=self.batch_size,
