@@ -255,18 +255,16 @@ def test_a_record_counts_only_with_its_set_file(tmp_path, cache):
 # ----------------------------------------------------------------------------- items 10, 11, 20, 22: methods
 
 
-def test_a_misbehaving_method_fails_its_own_cell(tmp_path, cache):
-    """Duplicate or float indices (item 10), sys.exit() in run() (item 11) and a hang past
-    runner.cell_timeout_s (item 20) each fail their own cell with a record saying why, and the
-    grid goes on; a NaN in a method's info is written as valid JSON (item 22)."""
-    grid = _grid(tmp_path, cache, methods=_misbehaving("hang", "duplicates", "duplicates-bypass", "floats", "exit",
-                                                "nan-info"),
-                 runner={"executor": "local", "max_retries": 1, "cell_timeout_s": 5})
+def test_a_method_breaking_the_contract_fails_its_own_cell(tmp_path, cache):
+    """Duplicate or float indices (item 10) and sys.exit() in run() (item 11) each fail their
+    own cell with a record saying why, and the grid goes on; a NaN in a method's info is
+    written as valid JSON (item 22)."""
+    grid = _grid(tmp_path, cache, methods=_misbehaving("duplicates", "duplicates-bypass", "floats", "exit",
+                                                       "nan-info"))
     run = GridRun(grid, progress=False).run()
     assert sorted(c.id for c in run.done) == ["embedded__m-nan-info__b10__s0", RANDOM]
     results = Path(grid.results_dir)
     expected = {
-        "hang": "TimeoutError: the cell ran longer than runner.cell_timeout_s = 5 s and was stopped (not retried)",
         "duplicates": "ValueError: real_subset: the indices name pair 0 10 times",
         "duplicates-bypass": "ValueError: method 'm-duplicates-bypass' returned pairs whose source_indices name "
                              "pair 0 10 times",
@@ -276,10 +274,23 @@ def test_a_misbehaving_method_fails_its_own_cell(tmp_path, cache):
     for mode, error in expected.items():
         failure = _failure(results, f"embedded__m-{mode}__b10__s0")
         assert failure["error"].startswith(error), failure["error"]
-    assert _failure(results, "embedded__m-hang__b10__s0")["attempts"] == 1
     text = (results / "records" / "embedded__m-nan-info__b10__s0.json").read_text()
     info = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in a record"))["method_info"]
     assert info["score"] is None and info["inf"] == [None]
+
+
+def test_a_hanging_method_is_stopped_at_the_cell_timeout(tmp_path, cache):
+    """Item 20: a cell past ``runner.cell_timeout_s`` is stopped (not retried), recorded as
+    failed with the reason, and the next cell runs."""
+    grid = _grid(tmp_path, cache, methods=[{"name": "test-misbehave", "label": "m-hang", "params": {"mode": "hang"}},
+                                           "random"],
+                 runner={"executor": "local", "max_retries": 1, "cell_timeout_s": 5})
+    run = GridRun(grid, progress=False).run()
+    assert [c.id for c in run.done] == [RANDOM]
+    failure = _failure(Path(grid.results_dir), "embedded__m-hang__b10__s0")
+    assert failure["error"].startswith("TimeoutError: the cell ran longer than runner.cell_timeout_s = 5 s and was "
+                                       "stopped (not retried)")
+    assert failure["attempts"] == 1
 
 
 def test_sys_exit_from_a_method_is_a_failure_on_the_command_line(tmp_path, cache, capsys):
@@ -346,8 +357,11 @@ def test_reports_of_a_dataset_run_here_before_are_removed(tmp_path, cache, capsy
     assert sorted(p.name for p in (results / "plots").iterdir()) == ["embedded_recall_vs_budget.png"]
 
 
-def test_an_empty_results_dir_is_a_config_error(tmp_path, capsys):
-    assert main(["--no-progress", "--set", "results_dir=''"]) == 2
+def test_an_empty_results_dir_is_a_config_error(tmp_path, monkeypatch, capsys):
+    """It used to run the grid into the current directory and end with "results in "."""
+    _no_compute(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    assert main(["--no-progress", "--executor", "local", "--set", "results_dir=''"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert err == ["error: --set \"results_dir=''\": results_dir is empty; name a directory (e.g. results/quickstart)"]
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.core.config import ConfigError
+from bench.core.errors import error_text
 from bench.core.io import (
     SHARED_TEMP_MAX_AGE_S,
     DiskFullError,
@@ -203,8 +204,6 @@ class GridRun:
     def stop_for_full_disk(self, cell: Cell, error: BaseException) -> None:
         """End the run: every further cell would fail the same way. What finished is kept (a
         record is written last and atomically), so a rerun after freeing space resumes."""
-        from bench.core.errors import error_text
-
         kept = len(self.done) + len(self.skipped)
         raise DiskFullError(
             f"the disk is full: cell {cell.id} failed ({error_text(error).split(': ', 1)[-1]}); "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,8 +29,9 @@ def deadline(seconds: float | None) -> Iterator[None]:
     SIGALRM interrupts a blocking call (a sleep, a lock, a read) as well as Python code, and
     the exception unwinds the cell normally: its ``finally`` blocks run, temporary files go,
     no record is written. Code stuck inside one C call that never returns to Python cannot be
-    stopped this way (the Ray executor kills the worker process instead). Outside the main
-    thread there are no signals: the limit is then not enforced, with a warning."""
+    stopped this way (the Ray executor kills the worker process instead). A timer set before
+    (e.g. pytest-timeout's) is restored with the time it had left. Outside the main thread
+    there are no signals: the limit is then not enforced, with a warning."""
     if seconds is None:
         yield
         return
@@ -42,12 +44,16 @@ def deadline(seconds: float | None) -> Iterator[None]:
         raise CellTimeout()
 
     previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    outer_delay, outer_interval = signal.setitimer(signal.ITIMER_REAL, seconds)
+    start = time.monotonic()
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        if outer_delay:  # a timer someone else had set (e.g. pytest-timeout's) runs on
+            left = outer_delay - (time.monotonic() - start)
+            signal.setitimer(signal.ITIMER_REAL, max(left, 1e-3), outer_interval)
 
 
 def run_local(grid: GridConfig, todo: list[Cell], reporter: Reporter, progress: bool) -> None:
