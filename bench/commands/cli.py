@@ -18,7 +18,6 @@ import argparse
 import sys
 import time
 import traceback
-import warnings
 from pathlib import Path
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
@@ -170,15 +169,15 @@ INTERRUPTED = 130
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.core.errors import UserError, one_line_warning
+    from bench.core.errors import UserError, console_warnings
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv.insert(0, "run")
     args = build_parser().parse_args(argv)
-    format_warning, warnings.formatwarning = warnings.formatwarning, one_line_warning
     try:
-        return args.func(args)
+        with console_warnings():
+            return args.func(args)
     except UserError as exc:
         if args.debug:
             traceback.print_exc()
@@ -189,5 +188,3 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print("interrupted; rerun the same command to resume (finished cells are kept)", file=sys.stderr)
         return INTERRUPTED
-    finally:
-        warnings.formatwarning = format_warning

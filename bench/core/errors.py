@@ -10,6 +10,11 @@ traceback. Subclasses also derive from the builtin they refine (``ValueError``, 
 from __future__ import annotations
 
 import re
+import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TextIO
 
 
 class UserError(Exception):
@@ -37,8 +42,35 @@ def error_text(exc: BaseException) -> str:
     return strip_terminal_codes(f"{type(exc).__name__}: {exc}")
 
 
-def one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-                     line: str | None = None) -> str:
-    """A warning as one console line (``warning: ...``), for :data:`warnings.formatwarning`:
-    the default format repeats the source line that issued it, which tells a user nothing."""
-    return f"warning: {message}\n"
+_SHOWN: set[str] = set()  # warning texts this process has shown
+
+
+def show_warning_once(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                      file: TextIO | None = None, line: str | None = None) -> None:
+    """Show a warning as a console line, ``warning: <message>``, the first time its text comes
+    up in this process (for :data:`warnings.showwarning`). The default format adds the source
+    line that issued it, which tells a user nothing, and Python's once-per-location rule does
+    not hold across cells: every ``warnings.catch_warnings`` or ``filterwarnings`` call (torch
+    makes them) resets it, so the same warning printed again for every cell."""
+    text = str(message)
+    if text in _SHOWN:
+        return
+    _SHOWN.add(text)
+    try:
+        print(f"warning: {text}", file=file or sys.stderr)
+    except OSError:  # a closed stderr: nothing to show it on
+        pass
+
+
+def console_warnings_setup() -> None:
+    """Warnings as a console shows them, for the rest of this process (a Ray task)."""
+    warnings.showwarning = show_warning_once
+
+
+@contextmanager
+def console_warnings() -> Iterator[None]:
+    """Warnings as a console shows them (:func:`show_warning_once`) for the duration: the
+    command line; the previous behaviour is restored after."""
+    with warnings.catch_warnings():
+        console_warnings_setup()
+        yield

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import socket
 import time
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -21,7 +20,7 @@ import torch
 
 from bench.core.config import from_dict, to_dict
 from bench.core.env import pick_device
-from bench.core.errors import UserError, error_text, one_line_warning
+from bench.core.errors import UserError, console_warnings_setup, error_text
 from bench.distill.experts import train_expert
 from bench.grid import cell as cell_module
 from bench.grid.executors import Reporter, timeout_error
@@ -48,9 +47,9 @@ def task_slots(runner: RunnerConfig, resources: dict[str, float]) -> tuple[float
 
 
 def _worker_setup(threads: int) -> None:
-    """What every task sets first: its torch threads, warnings as one line each."""
+    """What every task sets first: its torch threads, warnings as one line each (once)."""
     torch.set_num_threads(threads)
-    warnings.formatwarning = one_line_warning
+    console_warnings_setup()
 
 
 def _ray_cell(grid_data: dict, cell_data: dict, plugins: list[str], threads: int) -> str:
