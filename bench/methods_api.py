@@ -100,7 +100,14 @@ class MethodContext:
         return self.proxy().features
 
     def real_subset(self, indices: np.ndarray | torch.Tensor) -> PairSet:
-        return self.data.train_pairs(torch.as_tensor(np.asarray(indices), dtype=torch.int64))
+        """The training pairs at ``indices``: distinct integers in ``[0, n_pairs)`` (a float
+        index such as 0.7 would silently become pair 0, a repeated one a smaller set scored
+        as a bigger one)."""
+        array = indices.numpy(force=True) if isinstance(indices, torch.Tensor) else np.asarray(indices)
+        problem = index_problem(array, self.n_pairs)
+        if problem:
+            raise ValueError(f"real_subset: the indices {problem}")
+        return self.data.train_pairs(torch.as_tensor(array, dtype=torch.int64))
 
 
 class Method(ABC):
@@ -125,9 +132,36 @@ class Method(ABC):
     def __init__(self, params: Any) -> None:
         self.params = params
 
+    @classmethod
+    def expert_epochs_needed(cls, params: Any) -> int:
+        """How many recorded expert epochs ``run`` reads with ``params`` (a method with
+        ``uses_experts`` overrides this): the grid refuses, when it loads, an ``experts.epochs``
+        below it, instead of every cell failing after the experts were trained."""
+        return 0
+
     @abstractmethod
     def run(self, ctx: MethodContext, budget: int, seed: int) -> MethodOutput:
         """Produce a set of ``budget`` pairs. Every random choice derives from ``seed``."""
+
+
+def index_problem(indices: np.ndarray, n_pairs: int) -> str | None:
+    """Why ``indices`` cannot name a set of training pairs (not a 1-D integer array, outside
+    ``[0, n_pairs)``, or a pair named twice), or None."""
+    if indices.ndim != 1:
+        return f"must be a 1-D array, got shape {indices.shape}"
+    if indices.size and indices.dtype.kind not in "iu":
+        return f"must be integers, got {indices.dtype} (e.g. {indices.flat[0].item()!r})"
+    if not indices.size:
+        return None
+    low, high = int(indices.min()), int(indices.max())
+    if low < 0 or high >= n_pairs:
+        return f"must lie in [0, {n_pairs}), got {low if low < 0 else high}"
+    values, counts = np.unique(indices, return_counts=True)
+    if (counts > 1).any():
+        first = int(np.argmax(counts > 1))
+        return (f"name pair {int(values[first])} {int(counts[first])} times ({int((counts > 1).sum())} pair(s) "
+                "repeated); a set holds each pair once")
+    return None
 
 
 def check_budget(budget: int, n_pairs: int) -> None:

@@ -13,8 +13,10 @@ from bench.core.config import from_dict
 from bench.grid.spec import GridConfig
 
 REPO = Path(__file__).resolve().parent.parent
-#: Environment for a run_bench.py subprocess that starts a local Ray cluster.
-RAY_ENV = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+#: Environment for a run_bench.py subprocess that starts a local Ray cluster; its workers import
+#: ``bench`` from this checkout (not from whatever checkout is installed in the environment).
+RAY_ENV = {**os.environ, "RAY_AUTH_MODE": "disabled",
+           "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}
 
 PLUGIN_SOURCE = '''
 """A method plugin that lives outside the repository."""

@@ -158,13 +158,21 @@ def test_the_text_encoder_is_part_of_every_cache_key(grid):
 
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
 def test_written_files_honour_the_umask(tmp_path, umask):
+    from safetensors.torch import save_file
+
+    from bench.core.io import write_atomic
+
     old = os.umask(umask)
     try:
         text = write_text_atomic(tmp_path / "a" / "record.json", "{}")
         blob = torch_save_atomic(tmp_path / "a" / "set.pt", {"x": 1})
+        # Issue 20, item 21: safetensors writes a file of its own (mode 0600), as expert files are.
+        expert = write_atomic(tmp_path / "a" / "expert_000.safetensors",
+                              lambda tmp: save_file({"w": torch.zeros(2)}, str(tmp)))
     finally:
         os.umask(old)
-    assert (text.stat().st_mode & 0o777) == (blob.stat().st_mode & 0o777) == 0o666 & ~umask
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (text, blob, expert)}
+    assert set(modes.values()) == {0o666 & ~umask}, {k: oct(v) for k, v in modes.items()}
 
 
 def _dead_pid() -> int:
@@ -218,3 +226,34 @@ def test_cache_command_lists_and_prunes_what_the_grid_does_not_read(tmp_path, ca
     assert "unreferenced proxy" in out and "pruned 2 entries" in out
     assert not old_proxy.exists() and not legacy.exists() and unknown.exists()
     assert len(list((cache / "text").glob("*.pt"))) == 3  # the caption embeddings are still read
+
+
+def test_prune_keeps_unknown_files_and_knows_every_expert_and_checkpoint(tmp_path):
+    """Issue 20, item 4: a file of a kind's folder whose name that kind never gives is kept
+    (``proxy/my-notes.pt`` was deleted); a checkpoint's dataset is read with the method names
+    (``embedded-distill-joint-<key>.pt`` is of dataset ``embedded``, not ``embedded-distill``);
+    an expert beyond the grid's ``n_experts`` is not read, so prune removes it."""
+    from bench.commands.cache import _scan, inventory, prune, referenced
+
+    grid = tiny_grid(tmp_path, methods=[{"name": "distill-joint", "params": {"max_start_epoch": 1}}],
+                     experts={"n_experts": 1, "epochs": 2},
+                     datasets=[{"source": "embedded", "embedded": {
+                         "n_train_images": 20, "n_val_images": 2, "n_test_images": 4, "resolution": 16}}])
+    cache = Path(grid.cache_dir)
+    (experts,) = [p for p in referenced(grid)[0] if p.parent == cache / "experts"]
+    kept_expert, extra_expert = experts / "expert_000.safetensors", experts / "expert_001.safetensors"
+    notes, other_notes = cache / "proxy" / "my-notes.pt", experts / "README.txt"
+    checkpoint = cache / "distill" / "embedded-distill-joint-0123456789abcdef.pt"
+    for path in (kept_expert, extra_expert, notes, other_notes, checkpoint):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x" * 10)
+    scanned = {paths[0]: (kind, dataset) for kind, dataset, paths in _scan(cache, known=[])}
+    assert scanned[checkpoint] == ("distill", "embedded")  # no grid dataset to go by
+    assert scanned[notes] == scanned[other_notes] == ("other", "?")
+    assert scanned[kept_expert] == scanned[extra_expert] == ("experts", "embedded")
+    entries = {e.paths[0]: e.referenced for e in inventory(grid)}
+    assert entries[kept_expert] and not entries[extra_expert]
+    assert entries[checkpoint]  # the grid's distillation cell has not finished: it may resume from it
+    prune(grid, inventory(grid))
+    assert kept_expert.exists() and notes.exists() and other_notes.exists() and checkpoint.exists()
+    assert not extra_expert.exists()

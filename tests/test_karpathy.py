@@ -288,6 +288,9 @@ ENTRY_CASES = {
     "eval duplicate": (
         "val", lambda e: e.append({"image": "./d.png", "caption": ["y"]}), ["entry 1", "d.png", "listed twice", "entry 0"]
     ),
+    "NUL byte in a path": (  # issue 20, item 18: was "ValueError: embedded null byte" from stat
+        "train", lambda e: e[1].__setitem__("image", "b\x00.jpg"), ["entry 1", "contains a control character"]
+    ),
 }
 
 
@@ -310,6 +313,7 @@ def test_entry_errors(spec: KarpathySpec, tmp_path: Path, case: str) -> None:
         ('[{"image": "d.png",\n "caption": ["x"],}]', ["invalid JSON", "line 2", "column"]),
         ('{"image": "d.png"}', ["top level must be a JSON list", "object"]),
         ("[]", ["list of entries is empty"]),
+        ("[" * 200_000, ["invalid JSON", "nested too deeply"]),  # issue 20, item 18: was a RecursionError
     ],
 )
 def test_file_level_errors(spec: KarpathySpec, tmp_path: Path, raw: str, fragments: list[str]) -> None:
@@ -332,6 +336,27 @@ def test_image_in_two_splits(spec: KarpathySpec, tmp_path: Path) -> None:
     _set(spec, "test", test)
     msg = _error(spec, tmp_path)
     assert "ds_test.json, entry 1" in msg and "ds_train.json, entry 3" in msg and "sub/c.png" in msg
+
+
+@pytest.mark.parametrize("link", ["symlink", "hardlink", "dot-detour"])
+def test_a_link_to_a_train_image_is_the_same_image(spec: KarpathySpec, tmp_path: Path, link: str) -> None:
+    """Issue 20, item 7: a test image that is a link to (or another spelling of) a train image
+    shares that image with the train split, whatever its path says."""
+    root = Path(spec.image_root)
+    (root / "e.png").unlink()
+    if link == "symlink":
+        (root / "e.png").symlink_to(root / "sub" / "c.png")
+    elif link == "hardlink":
+        (root / "e.png").hardlink_to(root / "sub" / "c.png")
+    else:
+        (root / "e.png").symlink_to(root / "sub" / "." / "c.png")
+    msg = _error(spec, tmp_path)
+    assert "ds_test.json, entry 0, image 'e.png': the same file as image 'sub/c.png' of another split" in msg
+    assert "ds_train.json, entry 3" in msg
+    # Two names for one file inside one split are allowed.
+    (root / "e.png").unlink()
+    (root / "e.png").symlink_to(root / "f.png")
+    assert load_karpathy(spec, tmp_path / "cache").test.n_captions == 11
 
 
 def test_missing_image_file(spec: KarpathySpec, tmp_path: Path) -> None:

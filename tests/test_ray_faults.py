@@ -106,16 +106,40 @@ def _broken_proxy(*args, **kwargs):
 bench.grid.cell.load_proxy = _broken_proxy
 '''
 
+MISBEHAVING_PLUGIN = '''
+"""A method that raises (its message must reach the failure record) and one that hangs."""
+import time
+
+from bench.methods_api import Method
+from bench.registry import register
+
+
+@register("boom", "coreset", "raises (a test plugin)")
+class Boom(Method):
+    def run(self, ctx, budget, seed):
+        raise RuntimeError("boom from the method itself")
+
+
+@register("sleepy", "coreset", "hangs (a test plugin)")
+class Sleepy(Method):
+    def run(self, ctx, budget, seed):
+        time.sleep(3600)
+'''
+
 
 @pytest.mark.timeout(600)
 def test_cells_whose_input_failed_are_reported_and_the_rest_finish(tmp_path):
     """A proxy that cannot be trained fails the coreset cells that need it (with the cause,
-    without running them); cells that do not need it still finish."""
-    plugins = [write_plugin(tmp_path), tmp_path / "broken_proxy.py"]
+    without running them); cells that do not need it still finish. Issue 20: a method's
+    exception is recorded with its own message, without Ray's wrapper or terminal codes (item
+    17), and a cell past ``runner.cell_timeout_s`` is stopped and recorded (item 20)."""
+    plugins = [write_plugin(tmp_path), tmp_path / "broken_proxy.py", tmp_path / "misbehaving.py"]
     plugins[1].write_text(BROKEN_PROXY_PLUGIN)
+    plugins[2].write_text(MISBEHAVING_PLUGIN)
     results = tmp_path / "results"
-    args = cli_args(tmp_path, results, plugins[0], "ray", budgets="[10]", **{"runner.max_retries": 0})
-    args += ["--plugin", str(plugins[1])]
+    args = cli_args(tmp_path, results, plugins[0], "ray", budgets="[10]", methods="[random, kcenter, first-k, boom, sleepy]",
+                    **{"runner.max_retries": 0, "runner.cell_timeout_s": 45})
+    args += ["--plugin", str(plugins[1]), "--plugin", str(plugins[2])]
     proc = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, env=RAY_ENV)
     output = proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.returncode == 1, output  # some cells failed
@@ -123,3 +147,11 @@ def test_cells_whose_input_failed_are_reported_and_the_rest_finish(tmp_path):
     failure = json.loads((results / "records" / "embedded__kcenter__b10__s0.failed.json").read_text())
     assert failure["status"] == "failed" and failure["attempts"] == 0  # never started
     assert "proxy embedded seed 0 failed" in failure["error"] and "proxy training broke" in failure["error"]
+    boom = json.loads((results / "records" / "embedded__boom__b10__s0.failed.json").read_text())
+    assert boom["error"] == "RuntimeError: boom from the method itself"
+    assert "\x1b" not in boom["traceback"] and "\x1b" not in failure["error"]
+    sleepy = json.loads((results / "records" / "embedded__sleepy__b10__s0.failed.json").read_text())
+    assert sleepy["error"].startswith("TimeoutError: the cell ran longer than runner.cell_timeout_s = 45 s")
+    assert "missing embedded__boom__b10__s0: failed: RuntimeError: boom from the method itself" in proc.stdout
+    for table in (results / "tables" / "embedded.md", results / "tables" / "embedded.tex"):
+        assert "\x1b" not in table.read_text() and "boom from the method itself" in table.read_text(), table

@@ -79,8 +79,9 @@ def test_changed_recipe_and_a_failing_cell_show_no_stale_number(tmp_path, capsys
     assert shown == {"embedded__full", "embedded__random__b10__s0"}  # nothing stale, nothing foreign
     assert all(r.cell_hash == run.hashes[r.cell_id] for r in results.records)
     assert results.missing == {"embedded__test-switch__b10__s0": "failed: RuntimeError: switched off by the test"}
-    # The old record of the failing cell was moved aside (with its set and picture).
-    stale = Path(new.results_dir) / "stale"
+    # The old record of the failing cell was moved aside (with its set and picture), under the
+    # hash of the recipe that made it.
+    stale = Path(new.results_dir) / "stale" / first.hashes["embedded__test-switch__b10__s0"]
     assert (stale / "records" / "embedded__test-switch__b10__s0.json").is_file()
     assert (stale / "sets" / "embedded__test-switch__b10__s0.pt").is_file()
     assert not (records / "embedded__test-switch__b10__s0.json").exists()

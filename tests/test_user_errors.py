@@ -215,3 +215,204 @@ def test_results_dir_that_cannot_be_written(tmp_path, monkeypatch):
             GridRun(tiny_grid(tmp_path, results_dir=str(target)), progress=False).run()
     finally:
         target.chmod(0o755)
+
+
+# ----------------------------------------------------------------------------- issue 20: errors found at load
+
+
+def test_a_key_given_twice_in_the_yaml_is_an_error(tmp_path, monkeypatch, capsys):
+    """Item 8: the second ``budgets:`` used to win silently."""
+    _no_compute(monkeypatch)
+    config = tmp_path / "grid.yaml"
+    config.write_text(f"name: x\nbudgets: [100]\nmethods: [random]\nbudgets: [200]\nresults_dir: {tmp_path / 'r'}\n"
+                      "runner: {executor: local}\n")
+    assert main(["--config", str(config)]) == 2
+    assert _one_error_line(capsys) == (f"error: {config}: invalid YAML: key 'budgets' given twice: first at line 2, "
+                                       "again at line 4, column 1")
+    with pytest.raises(ConfigError, match=r"key 'lr' given twice"):  # in a --set value too
+        load_grid(QUICKSTART, ["methods.0={name: random, params: {lr: 1, lr: 2}}"])
+
+
+@pytest.mark.parametrize("setting, expected", [
+    # item 9: a batch of one pair has no negatives (the loss is 0, nothing trains)
+    ("evaluation.train.batch_size=1", "evaluation.train: batch_size must be >= 2 (a contrastive batch needs at "
+                                      "least one negative pair), got 1"),
+    ("experts.batch_size=1", "experts: batch_size must be >= 2"),
+    ("proxy.batch_size=1", "proxy: batch_size must be >= 2"),
+    ("budgets=[1]", "budgets must be integers >= 2"),
+    # item 15: proxy.epochs found at load, named
+    ("proxy.epochs=0", "proxy: epochs must be positive, got 0"),
+    # item 16: NaN / infinite rates and a momentum of 1.5
+    ("methods.4.params.lr_img=.nan", "methods[4] (distill-joint).params.lr_img: expected a finite number, got nan"),
+    ("methods.4.params.lr_img=.inf", "methods[4] (distill-joint).params.lr_img: expected a finite number, got inf"),
+    ("methods.4.params.lr_lr=nan", "methods[4] (distill-joint).params.lr_lr: expected a finite number, got nan"),
+    ("evaluation.train.lr_image=nan", "evaluation.train.lr_image: expected a finite number, got nan"),
+    ("evaluation.train.momentum=1.5", "evaluation.train: momentum must be in [0, 1), got 1.5"),
+    ("experts.momentum=-0.1", "experts: momentum must be in [0, 1), got -0.1"),
+    # item 15: an expert epoch the experts do not record
+    ("methods.4.params.max_start_epoch=9", "methods[4] (distill-joint).params: these parameters read 10 expert "
+                                           "epochs (e.g. max_start_epoch + expert_epochs), but experts.epochs is 5"),
+    # item 15: a resolution the tower's pooling cannot take
+    ("model.image_encoder.depth=6", "datasets[0] (embedded): resolution 32 is not divisible by 2**depth = 64"),
+    # item 14: --ray-address with the local executor is a contradiction
+    ("runner.executor=local", None),
+    # item 20: the time limit is validated
+    ("runner.cell_timeout_s=0", "runner: cell_timeout_s must be > 0 seconds"),
+])
+def test_values_refused_at_load(setting, expected):
+    if expected is None:
+        with pytest.raises(ConfigError, match=r"ray_address '10\.0\.0\.1:6379' is set but executor is 'local'"):
+            load_grid(QUICKSTART, [setting, "runner.ray_address=10.0.0.1:6379"])
+        return
+    with pytest.raises(ConfigError) as err:
+        load_grid(QUICKSTART, [setting])
+    assert str(err.value).startswith(f"--set {setting!r}: {expected}"), str(err.value)
+
+
+def test_a_karpathy_resolution_the_tower_cannot_take(tmp_path):
+    """Item 15: found at load, not inside every cell."""
+    with pytest.raises(ConfigError, match=r"datasets\[0\] \(tiny\): resolution 12 is not divisible by 2\*\*depth = 8 "
+                                          r"\(image_encoder.depth 3\)"):
+        load_grid(QUICKSTART, [_karpathy(tmp_path, resolution=12), "model.image_encoder.depth=3"])
+
+
+@pytest.mark.parametrize("case", ["missing", "garbage", "hf-without-a-model-directory"])
+def test_image_encoder_files_are_checked_before_compute(tmp_path, monkeypatch, capsys, case):
+    """Item 15: a missing or garbage weights file, or ``name: hf`` on a path that is no model
+    directory, is one line naming the file before any data is prepared."""
+    _no_compute(monkeypatch)
+    weights = tmp_path / "weights.safetensors"
+    if case == "garbage":
+        weights.write_bytes(b"\xff" * 64)
+    sets = [f"model.image_encoder.path={weights}", "model.image_encoder.name=convnet"]
+    if case == "hf-without-a-model-directory":
+        sets = [f"model.image_encoder.path={tmp_path}", "model.image_encoder.name=hf"]
+    assert main(_cli(tmp_path, sets=[s for s in TINY if not s.startswith("model=")] + sets)) == 2
+    line = _one_error_line(capsys)
+    expected = {"missing": f"error: model.image_encoder.path '{weights}': no such weights file",
+                "garbage": f"error: model.image_encoder.path '{weights}' is not a readable weights file (Safetensor",
+                "hf-without-a-model-directory": f"error: model.image_encoder.path '{tmp_path}': not a transformers "
+                                                "model directory (no config.json)"}[case]
+    assert line.startswith(expected), line
+    assert not (tmp_path / "results").exists()
+
+
+def test_an_unreachable_ray_cluster_is_one_line(tmp_path, monkeypatch, capsys):
+    """Item 14: ray.init retried an unreachable address without end; the address is tried first."""
+    import socket
+
+    _no_compute(monkeypatch)
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    sets = [s for s in TINY if s != "runner.executor=local"]
+    assert main(_cli(tmp_path, "--executor", "ray", "--ray-address", f"127.0.0.1:{port}", sets=sets)) == 2
+    assert _one_error_line(capsys).startswith(f"error: cannot reach the Ray cluster at 127.0.0.1:{port}: ")
+
+
+# ----------------------------------------------------------------------------- issue 20: no tracebacks
+
+
+@pytest.mark.parametrize("where", ["a directory", "under a file", "read-only"])
+def test_table_output_that_cannot_be_written(tmp_path, monkeypatch, capsys, where):
+    """Item 18: ``table --output`` to a directory, under a file or on a read-only filesystem."""
+    from tests.test_reports import _record, _write
+
+    results = tmp_path / "results"
+    _write(results / "records", "r.json", _record("random", "coreset", 10, 0, 20.0))  # no grid.json: shown
+    (tmp_path / "afile").write_text("x")
+    target = {"a directory": tmp_path, "under a file": tmp_path / "afile" / "t.md",
+              "read-only": tmp_path / "ro" / "t.md"}[where]
+    if where == "read-only":
+        def read_only(*args, **kwargs):
+            raise OSError(errno.EROFS, "Read-only file system")
+
+        monkeypatch.setattr(bench_io.os, "replace", read_only)
+    assert main(["table", str(results), "--output", str(target)]) == 2
+    reason = {"a directory": "it is a directory", "under a file": "a parent is a file",
+              "read-only": "read-only filesystem"}[where]
+    assert _one_error_line(capsys) == f"error: cannot write {target}: {reason}"
+
+
+def test_ctrl_c_is_one_line(tmp_path, monkeypatch, capsys):
+    """Item 18: a KeyboardInterrupt mid-run printed 70 lines of traceback."""
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(GridRun, "run", interrupted)
+    assert main(_cli(tmp_path)) == 130  # 128 + SIGINT, as a shell reports it
+    captured = capsys.readouterr()
+    assert captured.err == "interrupted; rerun the same command to resume (finished cells are kept)\n"
+
+
+def test_unwritable_records_are_found_before_compute(tmp_path, monkeypatch):
+    """Item 18: a read-only ``records/`` failed with a PermissionError when the first stale
+    record was moved; every existing folder of the results directory is checked up front."""
+    _no_compute(monkeypatch)
+    grid = tiny_grid(tmp_path)
+    records = Path(grid.results_dir) / "records"
+    records.mkdir(parents=True)
+    real = bench_io.write_text_atomic
+
+    def read_only_records(path, text):
+        if Path(path).parent == records:
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real(path, text)
+
+    monkeypatch.setattr(bench_io, "write_text_atomic", read_only_records)
+    with pytest.raises(UnusableDirectoryError, match=rf"results_dir folder records/: {records} cannot be written: "
+                                                     "read-only filesystem"):
+        GridRun(grid, progress=False).run()
+
+
+def test_a_stale_record_that_cannot_be_moved_is_one_line(tmp_path, monkeypatch):
+    """Item 18: ``store.retire`` turned a PermissionError into a traceback."""
+    from bench.grid import store as store_module
+    from bench.grid.store import ResultStore
+
+    store = ResultStore(tmp_path)
+    store.record_path("c").parent.mkdir(parents=True)
+    store.record_path("c").write_text("{}")
+
+    def refuse(src, dst):
+        raise PermissionError(errno.EACCES, "Permission denied", str(dst))
+
+    monkeypatch.setattr(store_module.os, "replace", refuse)
+    with pytest.raises(UnusableDirectoryError, match=r"cannot move the stale file .*c\.json to .*stale/h/records/c\.json: "
+                                                     r"permission denied"):
+        store.retire("c", "h")
+
+
+def test_tune_space_errors_name_what_was_typed(tmp_path):
+    """Item 19: a value twice ran the same trial twice; item 22: an unknown parameter was
+    reported under the internal trial label ``distill-joint-t00``."""
+    from bench.commands.tune import main as tune_main
+    from bench.commands.tune import parse_space
+
+    with pytest.raises(ConfigError, match=r"^--space 'lr_txt=\[2, 2\]' lists 2 more than once \(\[2, 2\]\)"):
+        parse_space(["lr_txt=[2, 2]"])
+    args = ["--config", QUICKSTART, "--method", "distill-joint", "--budget", "10", "--set", f"results_dir={tmp_path}"]
+    with pytest.raises(ConfigError, match=r"^--space 'lr_imgg=\[1, 2\]': method distill-joint: unknown config key "
+                                          r"'lr_imgg'; did you mean 'lr_img'"):
+        tune_main(args + ["--space", "lr_imgg=[1, 2]"])
+    with pytest.raises(ConfigError, match=r"^--space: the trial lr_img=-1 \(at 10 pairs\) is invalid: "
+                                          r"lr_img must be >= 0"):
+        tune_main(args + ["--space", "lr_img=[1, -1]"])
+
+
+def test_table_of_a_file_and_of_a_truncated_record(tmp_path, capsys):
+    """Item 22: ``table afile`` said the directory "does not exist"; a truncated record was
+    counted among the foreign records and listed as missing (reported twice)."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(["table", str(afile)]) == 2
+    assert _one_error_line(capsys) == f"error: {afile} is a file, not a results directory"
+
+    grid = tiny_grid(tmp_path, methods=["random"], include_full=False,
+                     evaluation={"seeds": [0], "train": {"epochs": 1, "batch_size": 10}})
+    GridRun(grid, progress=False).run()
+    record = Path(grid.results_dir) / "records" / "embedded__random__b10__s0.json"
+    record.write_text(record.read_text()[:50])
+    assert main(["table", grid.results_dir]) == 2  # no record left to show
+    err = capsys.readouterr().err
+    assert err.count("embedded__random__b10__s0") == 1 and "belong to no cell" not in err, err

@@ -4,22 +4,24 @@ Kinds of entries (see docs/architecture.md, "Caches"):
   images   decoded Karpathy images, ``images/<dataset>-<R>px-<key>.{u8,json}`` (older ``.pt``)
   text     caption embeddings, ``text/<dataset>-<split>-<key>.pt`` (older ``<key>.pt``)
   proxy    proxy runs for coresets, ``proxy/<dataset>-<key>.pt``
-  experts  expert trajectories, ``experts/<dataset>-<key>/expert_NNN.safetensors``
+  experts  expert trajectories, ``experts/<dataset>-<key>/expert_NNN.safetensors`` (an entry per file)
   distill  distillation checkpoints, ``distill/<dataset>-<method>-<key>.pt``
 
 An entry is *referenced* by a grid when running that grid would read it. Images, caption
 embeddings, proxies and experts are matched exactly, by recomputing their keys from the
 config (without decoding an image or loading a model: only annotations, captions, the text
-encoder's files and the recipes are read). A distillation checkpoint's key depends on choices
+encoder's files and the recipes are read); of an expert directory the grid reads, the files
+beyond its ``n_experts`` are not read. A distillation checkpoint's key depends on choices
 made inside the method, so a checkpoint counts as referenced while the grid has an unfinished
 cell of its dataset and method (a finished cell never reads its checkpoint again). Anything
 else (older layouts, other grids' entries, temporary files of dead writers) is unreferenced and
-``--prune`` removes it. Files this module does not recognise are listed and never removed.
+``--prune`` removes it. A file is recognised by its name (each kind's pattern above, with a
+16-hex-digit key); any other file is listed as "other" and never removed.
 """
 
 from __future__ import annotations
 
-import shutil
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +37,7 @@ from bench.distill.experts import expert_dir, expert_key
 from bench.grid.spec import GridConfig, plan_cells, resolve_cell
 from bench.grid.store import ResultStore
 from bench.protocol.proxy import proxy_key, proxy_path
-from bench.registry import get_method
+from bench.registry import all_methods, get_method
 
 KINDS = ("images", "text", "proxy", "experts", "distill")
 
@@ -44,7 +46,7 @@ KINDS = ("images", "text", "proxy", "experts", "distill")
 class CacheEntry:
     kind: str  # one of KINDS, or "other" (not recognised: never pruned)
     dataset: str  # from the file name; "?" when it does not say
-    paths: tuple[Path, ...]  # the files (or the expert directory) of the entry
+    paths: tuple[Path, ...]  # the files of the entry
     size: int
     referenced: bool
 
@@ -58,8 +60,6 @@ class _Identity(NamedTuple):
 
 
 def _size(path: Path) -> int:
-    if path.is_dir():
-        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
     return path.stat().st_size if path.exists() else 0
 
 
@@ -106,44 +106,77 @@ def referenced(grid: GridConfig) -> tuple[set[Path], set[str]]:
     return paths, prefixes
 
 
-def _dataset_of(name: str, parts: int, known: list[str]) -> str:
-    """The dataset a file name starts with: a known name followed by '-', else the part before
-    the last ``parts`` '-'-separated fields."""
-    for dataset in sorted(known, key=len, reverse=True):
-        if name.startswith(f"{dataset}-"):
-            return dataset
-    pieces = name.rsplit("-", parts)
-    return pieces[0] if len(pieces) > parts else "?"
+_KEY = r"[0-9a-f]{16}"  # bench.core.io.stable_hash
+#: The names each kind's files are given (``rest`` holds the dataset, for distillation
+#: checkpoints ``<dataset>-<method>``); a file of another name is "other" and never pruned.
+_NAMES = {
+    "images": re.compile(rf"(?P<rest>.+)-\d+px-{_KEY}\.(u8|json|pt)"),
+    "text": re.compile(rf"(?:(?P<rest>.+)-(?:train|val|test)-)?{_KEY}\.pt"),
+    "proxy": re.compile(rf"(?P<rest>.+)-{_KEY}\.pt"),
+    "distill": re.compile(rf"(?P<rest>.+)-{_KEY}\.pt"),
+    "experts": re.compile(rf"(?P<rest>.+)-{_KEY}"),  # a directory of expert files
+}
+_EXPERT_FILE = re.compile(r"expert_(?P<index>\d{3,})\.safetensors")
+
+
+def _distill_dataset(rest: str, known: list[str]) -> str:
+    """The dataset of a checkpoint named ``<dataset>-<method>-<key>.pt``: ``rest`` less the
+    longest registered method name it ends with (dataset and method names may both hold '-'),
+    else a grid dataset it starts with, else "?"."""
+    names = sorted(all_methods(), key=len, reverse=True)
+    method = next((m for m in names if rest.endswith(f"-{m}") and len(rest) > len(m) + 1), None)
+    if method is not None:
+        return rest[:-len(method) - 1]
+    return next((d for d in sorted(known, key=len, reverse=True) if rest.startswith(f"{d}-")), "?")
+
+
+def _named(kind: str, path: Path, known: list[str]) -> str | None:
+    """The dataset of ``path`` when its name is one ``kind`` gives its files, else None."""
+    match = _NAMES[kind].fullmatch(path.name)
+    if match is None:
+        return None
+    rest = match.group("rest")
+    if kind == "distill":
+        return _distill_dataset(rest, known)
+    return rest or "?"
 
 
 def _scan(cache: Path, known: list[str]) -> Iterator[tuple[str, str, tuple[Path, ...]]]:
-    """(kind, dataset, paths) of every entry under ``cache``; unrecognised files as "other"."""
+    """(kind, dataset, paths) of every entry under ``cache`` (experts: one entry per expert
+    file); files whose names no kind gives are "other"."""
     seen: set[Path] = set()
     images = cache / "images"
     for path in sorted(images.glob("*")) if images.is_dir() else []:
-        if path.name.startswith(".") or path in seen:
+        dataset = _named("images", path, known) if path.is_file() else None
+        if dataset is None or path in seen:
             continue
         if path.suffix in (".u8", ".json"):
-            pair = tuple(p for p in (path.with_suffix(".json"), path.with_suffix(".u8")) if p.exists())
-            seen.update(pair)
-            yield "images", _dataset_of(path.stem, 2, known), pair
-        elif path.suffix == ".pt":
-            seen.add(path)
-            yield "images", _dataset_of(path.stem, 2, known), (path,)
-    for kind, parts in (("text", 2), ("proxy", 1), ("distill", 2)):
+            files = tuple(p for p in (path.with_suffix(".json"), path.with_suffix(".u8")) if p.exists())
+        else:
+            files = (path,)
+        seen.update(files)
+        yield "images", dataset, files
+    for kind in ("text", "proxy", "distill"):
         for path in sorted((cache / kind).glob("*.pt")) if (cache / kind).is_dir() else []:
-            if not path.name.startswith("."):
+            dataset = _named(kind, path, known) if path.is_file() else None
+            if dataset is not None:
                 seen.add(path)
-                dataset = _dataset_of(path.stem, parts, known) if "-" in path.stem else "?"
                 yield kind, dataset, (path,)
     experts = cache / "experts"
     for directory in sorted(experts.iterdir()) if experts.is_dir() else []:
-        if directory.is_dir():
-            seen.update(directory.rglob("*"))
-            yield "experts", _dataset_of(directory.name, 1, known), (directory,)
+        dataset = _named("experts", directory, known) if directory.is_dir() else None
+        for path in sorted(directory.iterdir()) if dataset is not None else []:
+            if path.is_file() and _EXPERT_FILE.fullmatch(path.name):
+                seen.add(path)
+                yield "experts", dataset, (path,)
     for path in sorted(cache.rglob("*")) if cache.is_dir() else []:
         if path.is_file() and path not in seen and not path.match(TEMP_GLOB):
             yield "other", "?", (path,)
+
+
+def _expert_index(path: Path) -> int:
+    match = _EXPERT_FILE.fullmatch(path.name)
+    return int(match.group("index")) if match else -1
 
 
 def inventory(grid: GridConfig) -> list[CacheEntry]:
@@ -153,8 +186,11 @@ def inventory(grid: GridConfig) -> list[CacheEntry]:
     known = [d.name for d in grid.datasets]
     entries = []
     for kind, dataset, files in _scan(cache, known):
-        used = kind == "other" or any(p in paths for p in files) or (
-            kind == "distill" and any(files[0].name.startswith(prefix) for prefix in prefixes))
+        if kind == "experts":  # read: in a directory the grid reads, and one of its n_experts
+            used = files[0].parent in paths and _expert_index(files[0]) < grid.experts.n_experts
+        else:
+            used = kind == "other" or any(p in paths for p in files) or (
+                kind == "distill" and any(files[0].name.startswith(prefix) for prefix in prefixes))
         entries.append(CacheEntry(kind, dataset, files, sum(_size(p) for p in files), used))
     return entries
 
@@ -166,10 +202,12 @@ def prune(grid: GridConfig, entries: list[CacheEntry]) -> int:
         if entry.referenced:
             continue
         for path in entry.paths:
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
+        if entry.kind == "experts":  # the directory goes with its last expert
+            try:
+                entry.paths[0].parent.rmdir()
+            except OSError:
+                pass
         freed += entry.size
     remove_stale_temp_files(grid.cache_dir, older_than_s=SHARED_TEMP_MAX_AGE_S)
     return freed

@@ -10,6 +10,8 @@
 
 A problem the user can fix (a config value, a data file, a path, a plugin) is printed as one
 ``error: ...`` line on stderr with exit status 2; ``--debug`` shows its traceback as well.
+Ctrl-C prints one line and exits with status 130. Heavy modules (torch, Ray, matplotlib,
+pandas) are imported only once a command needs them, after the config file has been read.
 """
 
 from __future__ import annotations
@@ -31,7 +33,11 @@ def _console():
 
 
 def _load_grid(args: argparse.Namespace):
-    """Plugins first (a config may name their methods), then the config with its overrides."""
+    """The config file first (its errors print before torch is imported), then the plugins (a
+    config may name their methods), then the config validated with its overrides."""
+    from bench.core.config import load_yaml
+
+    raw = load_yaml(args.config)
     from bench.grid.spec import load_grid
     from bench.registry import load_plugins
 
@@ -41,21 +47,24 @@ def _load_grid(args: argparse.Namespace):
         overrides.append(f"runner.ray_address={args.ray_address}")
     if getattr(args, "executor", None):
         overrides.append(f"runner.executor={args.executor}")
-    return load_grid(args.config, overrides)
+    return load_grid(args.config, overrides, raw=raw)
 
 
 def _run(args: argparse.Namespace) -> int:
+    grid = _load_grid(args)
     from bench.commands.console import print_grid_results
     from bench.grid.runner import GridRun
     from bench.reports.outputs import write_reports
 
-    grid = _load_grid(args)
     console = _console()
     start = time.perf_counter()
-    run = GridRun(grid, plugins=args.plugin, progress=not args.no_progress).run()
-    wall = time.perf_counter() - start
-    results = run.results()
-    write_reports(grid.results_dir, [d.name for d in grid.datasets], results)
+    run = GridRun(grid, plugins=args.plugin, progress=not args.no_progress)
+    with run.locked():  # the reports too: a second run must not replace the records they show
+        run.run()
+        wall = time.perf_counter() - start
+        results = run.results()
+        # Datasets of the grid that ran here before lose their tables and plots (not current).
+        write_reports(grid.results_dir, [d.name for d in grid.datasets] + run.earlier_datasets, results)
     print_grid_results(results, console)
     console.print(
         f"{len(run.done)} cells run, {len(run.skipped)} already done, {len(run.failed)} failed; "
@@ -100,11 +109,11 @@ def _protocols(args: argparse.Namespace) -> int:
 
 
 def _cache(args: argparse.Namespace) -> int:
+    grid = _load_grid(args)
     from rich.table import Table
 
     from bench.commands.cache import KINDS, format_size, inventory, prune
 
-    grid = _load_grid(args)
     entries = inventory(grid)
     console = _console()
     table = Table(title=f"cache {grid.cache_dir} (referenced = read by grid {grid.name!r})")
@@ -176,17 +185,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Exit status after Ctrl-C (128 + SIGINT, as a shell reports it).
+INTERRUPTED = 130
+
+
 def main(argv: list[str] | None = None) -> int:
-    from bench.core.errors import UserError
+    from bench.core.errors import UserError, console_warnings
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv.insert(0, "run")
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with console_warnings():
+            return args.func(args)
     except UserError as exc:
         if args.debug:
             traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            traceback.print_exc()
+        print("interrupted; rerun the same command to resume (finished cells are kept)", file=sys.stderr)
+        return INTERRUPTED

@@ -24,7 +24,16 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from bench.core.config import ConfigError, apply_overrides, load_yaml, yaml_problem
+from bench.core.config import (
+    ConfigError,
+    apply_overrides,
+    check_keys,
+    check_unique,
+    from_dict,
+    load_yaml,
+    parse_yaml,
+    yaml_problem,
+)
 from bench.core.io import write_json_atomic
 from bench.grid.record import CellRecord
 
@@ -48,7 +57,7 @@ def parse_space(items: list[str]) -> dict[str, list[Any]]:
             raise ConfigError(f"--space {item!r} must look like name=[value, value, ...]")
         name, raw = (part.strip() for part in item.split("=", 1))
         try:
-            values = yaml.safe_load(raw)
+            values = parse_yaml(raw)
         except yaml.YAMLError as exc:
             raise ConfigError(f"--space {item!r}: the values are not valid YAML ({yaml_problem(exc)})") from None
         values = values if isinstance(values, list) else [values]
@@ -56,6 +65,10 @@ def parse_space(items: list[str]) -> dict[str, list[Any]]:
             raise ConfigError(f"--space {item!r} needs a parameter name and at least one value")
         if name in space:
             raise ConfigError(f"--space names {name!r} twice")
+        try:  # a value twice would run (and rank) the same trial twice
+            check_unique(values, f"--space {item!r}")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         space[name] = values
     return space
 
@@ -67,7 +80,6 @@ def trials(method_key: str, space: dict[str, list[Any]]) -> list[Trial]:
 
 
 def _find_method(data: dict[str, Any], key: str) -> MethodSpec:
-    from bench.core.config import from_dict
     from bench.grid.spec import MethodSpec
 
     specs = [from_dict(MethodSpec, MethodSpec.coerce_config(entry), f"methods[{i}]")
@@ -100,6 +112,26 @@ def tuning_data(data: dict[str, Any], method_key: str, budget: int, space: dict[
     return data, found
 
 
+def check_trials(spec: MethodSpec, budget: int, found: list[Trial], items: list[str]) -> None:
+    """Every ``--space`` name is a parameter of the method and every trial's values fit it; the
+    errors name what was typed (``--space 'lr_imgg=[1]'``), not the trials' internal labels."""
+    from bench.registry import get_method
+
+    params_cls = get_method(spec.name).Params
+    typed = {item.split("=", 1)[0].strip(): item for item in items}
+    try:
+        check_keys(params_cls, {name: None for name in typed})
+    except ConfigError as exc:
+        name = next(n for n in typed if repr(n) in str(exc))
+        raise ConfigError(f"--space {typed[name]!r}: method {spec.name}: {exc}") from None
+    for trial in found:
+        try:
+            from_dict(params_cls, {**spec.params_for(budget), **trial.values})
+        except ConfigError as exc:
+            values = ", ".join(f"{k}={v!r}" for k, v in trial.values.items())
+            raise ConfigError(f"--space: the trial {values} (at {budget} pairs) is invalid: {exc}") from None
+
+
 def rank(records: list[CellRecord], found: list[Trial]) -> list[dict[str, Any]]:
     """Trials ordered by mean val recall (records of other labels are ignored)."""
     by_label = {t.label: t for t in found}
@@ -117,6 +149,8 @@ def rank(records: list[CellRecord], found: list[Trial]) -> list[dict[str, Any]]:
 
 
 def run_tune(args: argparse.Namespace) -> int:
+    raw = apply_overrides(load_yaml(args.config), list(args.set))  # config errors before the heavy imports
+    space = parse_space(args.space)
     from rich.console import Console
     from rich.table import Table
 
@@ -126,11 +160,10 @@ def run_tune(args: argparse.Namespace) -> int:
 
     console = Console()
     load_plugins(args.plugin)
-    raw = apply_overrides(load_yaml(args.config), list(args.set))
-    space = parse_space(args.space)
     summary: dict[str, Any] = {"config": str(args.config), "method": args.method, "split": SPLIT, "budgets": {}}
     for budget in args.budget:
         data, found = tuning_data(raw, args.method, budget, space, args.method_seeds)
+        check_trials(_find_method(raw, args.method), budget, found, args.space)
         if args.executor:
             data.setdefault("runner", {})["executor"] = args.executor
         grid = build_grid(data)

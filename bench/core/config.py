@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -24,6 +25,45 @@ T = TypeVar("T")
 
 class ConfigError(UserError, ValueError):
     """A config value or key is invalid; the message names the key path."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a mapping may not give a key twice (PyYAML keeps the
+    last value silently: ``budgets:`` twice would run the second list without a word)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden
+                continue
+            key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} given twice: first at line {seen[key]}, again",
+                        key_node.start_mark)
+                seen[key] = line
+            except TypeError:  # an unhashable key: PyYAML's own error follows
+                break
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML text -> data, as ``yaml.safe_load`` but refusing a key given twice in one mapping
+    and a document nested too deeply to read (both raise :class:`yaml.YAMLError`)."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise yaml.YAMLError("the document is nested too deeply to read") from None
+
+
+def check_unique(values: Any, key: str) -> None:
+    """A list of grid values (budgets, seeds, tried parameter values) gives each value once:
+    a repeated value would run (and pool) the same thing twice."""
+    values = list(values)
+    repeated = [v for i, v in enumerate(values) if v in values[:i]]
+    if repeated:
+        raise ValueError(f"{key} lists {repeated[0]} more than once ({values}); list each value once")
 
 
 _PATH_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
@@ -111,13 +151,14 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             # YAML reads "1e-3" (no dot) as a string; accept numeric strings explicitly.
-            if isinstance(value, str):
-                try:
-                    return float(value)
-                except ValueError:
-                    pass
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
+            try:
+                number = float(value) if isinstance(value, str) else None
+            except ValueError:
+                number = None
+            if number is None:
+                raise ConfigError(f"{where}: expected a number, got {value!r}")
+            return _finite(number, where)
+        return _finite(float(value), where)
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
@@ -127,6 +168,14 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a path, got {value!r}")
         return Path(value)
     raise ConfigError(f"{where}: unsupported config type {_describe(tp)}")
+
+
+def _finite(value: float, where: str) -> float:
+    """No config number is meaningful as NaN or infinity (a NaN learning rate loads, then every
+    student "diverges"); refuse them where they are written."""
+    if not math.isfinite(value):
+        raise ConfigError(f"{where}: expected a finite number, got {value}")
+    return value
 
 
 def _convert_key(key: Any, tp: Any, where: str) -> Any:
@@ -217,7 +266,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not parts:
         raise ConfigError(f"override {text!r} has an empty key")
     try:
-        value = yaml.safe_load(raw)
+        value = parse_yaml(raw)
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {text!r}: the value is not valid YAML ({yaml_problem(exc)})") from None
     return parts, value
@@ -265,7 +314,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = parse_yaml(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except IsADirectoryError:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import math
 import os
 import re
 import secrets
@@ -39,16 +40,10 @@ def _temp_name(final: Path) -> str:
     return f".{final.name}.{_HOST}{_OWNER_SEP}{os.getpid()}{_OWNER_SEP}{secrets.token_hex(4)}.tmp"
 
 
-def _writer_is_dead(temp: Path) -> bool:
-    """True when ``temp`` was made by a process of this host that no longer exists.
-
-    Files of other hosts (a shared filesystem) and files without an owner in their name are
-    never judged dead here: their writer may be alive elsewhere."""
-    owner = temp.name[:-len(".tmp")].rsplit(".", 1)[-1].split(_OWNER_SEP)
-    if len(owner) != 3 or owner[0] != _HOST or not owner[1].isdigit():
-        return False
-    pid = int(owner[1])
-    if pid == os.getpid():
+def _process_is_gone(host: str, pid: int) -> bool:
+    """True when process ``pid`` of ``host`` is known not to exist: only a process of this host
+    can be judged (another host's may be alive), and never this process itself."""
+    if host != _HOST or pid == os.getpid():
         return False
     try:
         os.kill(pid, 0)
@@ -57,6 +52,17 @@ def _writer_is_dead(temp: Path) -> bool:
     except PermissionError:  # alive, another user's
         return False
     return False
+
+
+def _writer_is_dead(temp: Path) -> bool:
+    """True when ``temp`` was made by a process of this host that no longer exists.
+
+    Files of other hosts (a shared filesystem) and files without an owner in their name are
+    never judged dead here: their writer may be alive elsewhere."""
+    owner = temp.name[:-len(".tmp")].rsplit(".", 1)[-1].split(_OWNER_SEP)
+    if len(owner) != 3 or not owner[1].isdigit():
+        return False
+    return _process_is_gone(owner[0], int(owner[1]))
 
 
 def _remove_dead_siblings(final: Path) -> None:
@@ -69,9 +75,18 @@ def _remove_dead_siblings(final: Path) -> None:
 
 @contextmanager
 def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path next to ``final``; rename it onto ``final`` only on success."""
+    """Yield a temporary path next to ``final``; rename it onto ``final`` only on success.
+
+    The file keeps the mode it was created with (0666 minus the umask) even when the writer
+    replaces it (safetensors writes a new file of mode 0600). A write that fails because the
+    disk is full raises :class:`DiskFullError`, one the filesystem refuses (a directory in the
+    way, a parent that is a file, no permission, read-only) :class:`UnwritableFileError`; both
+    name ``final``, whatever the writer raised."""
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UnwritableFileError(f"cannot write {final}: {os_error_reason(exc)}") from exc
     _remove_dead_siblings(final)
     while True:
         tmp_path = final.parent / _temp_name(final)
@@ -80,12 +95,70 @@ def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
             break
         except FileExistsError:  # pragma: no cover - 32 random bits collided
             continue
+        except OSError as exc:
+            raise (disk_full_error(exc, final) or UnwritableFileError(
+                f"cannot write {final}: {os_error_reason(exc)}")) from exc
+    mode = tmp_path.stat().st_mode & 0o777
     try:
         yield tmp_path
+        if tmp_path.stat().st_mode & 0o777 != mode:
+            os.chmod(tmp_path, mode)
         os.replace(tmp_path, final)
+    except Exception as exc:
+        full = disk_full_error(exc, final)  # judged before the temp file goes and frees its space
+        if full is not None:
+            raise full from exc
+        if isinstance(exc, OSError) and not isinstance(exc, UserError) and exc.errno in _REFUSALS:
+            raise UnwritableFileError(f"cannot write {final}: {os_error_reason(exc)}") from exc
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+class UnwritableFileError(UserError, OSError):
+    """A file cannot be written where it should go (the message names it and says why)."""
+
+
+class DiskFullError(UserError, OSError):
+    """A file could not be written because its filesystem is full (the message names it)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.errno = errno.ENOSPC
+
+
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full_error(exc: BaseException, final: Path) -> DiskFullError | None:
+    """The :class:`DiskFullError` a failed write of ``final`` amounts to, or None. Writers do
+    not all say ENOSPC (``torch.save`` raises a RuntimeError from its C++ writer), so a failure
+    that is no OSError on a filesystem with less than :data:`MIN_FREE_BYTES` free counts too."""
+    if isinstance(exc, DiskFullError):
+        return None
+    if isinstance(exc, OSError):
+        if exc.errno not in _FULL_ERRNOS:
+            return None
+    else:
+        try:
+            if shutil.disk_usage(final.parent).free >= MIN_FREE_BYTES:
+                return None
+        except OSError:
+            return None
+    return DiskFullError(f"no space left on the device of {final.parent} while writing {final.name}")
+
+
+def is_disk_full(exc: BaseException | None) -> bool:
+    """Whether ``exc``, or an exception it wraps (its cause or context, or a Ray error's
+    ``cause``), is a full disk."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, DiskFullError) or (isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS):
+            return True
+        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
+    return False
 
 
 #: Temp files in a shared cache older than this are a dead writer's even on another host.
@@ -122,8 +195,22 @@ def write_text_atomic(final: str | os.PathLike[str], text: str) -> Path:
     return write_atomic(final, lambda p: p.write_text(text, encoding="utf-8"))
 
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float replaced by None: JSON has no such numbers, and
+    Python's ``NaN`` token makes the file unreadable to every strict JSON reader."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def write_json_atomic(final: str | os.PathLike[str], obj: Any) -> Path:
-    return write_text_atomic(final, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    """``obj`` as JSON (sorted keys; non-finite floats as null, see :func:`json_safe`)."""
+    text = json.dumps(json_safe(obj), indent=2, sort_keys=True, default=str, allow_nan=False)
+    return write_text_atomic(final, text + "\n")
 
 
 def torch_save_atomic(final: str | os.PathLike[str], obj: Any) -> Path:
@@ -171,6 +258,17 @@ class UnusableDirectoryError(UserError, OSError):
 #: A directory with less free space than this is reported before any work starts.
 MIN_FREE_BYTES = 16 * 2**20
 
+_REASONS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exhausted",
+            errno.EROFS: "read-only filesystem", errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+            errno.ENOTDIR: "a parent is a file", errno.EEXIST: "a parent is a file", errno.EISDIR: "it is a directory"}
+#: Errors of a write that say where the file was to go is unusable (not a bug of the writer).
+_REFUSALS = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR)
+
+
+def os_error_reason(exc: OSError) -> str:
+    """Why a file operation failed, in a few words (for one-line user errors)."""
+    return _REASONS.get(exc.errno or 0, exc.strerror or str(exc))
+
 
 def check_writable_dir(path: str | os.PathLike[str], what: str, min_free: int = MIN_FREE_BYTES) -> Path:
     """Create ``path`` if needed and prove it takes a file, before any compute depends on it.
@@ -188,10 +286,7 @@ def check_writable_dir(path: str | os.PathLike[str], what: str, min_free: int = 
         probe.unlink()
         free = shutil.disk_usage(path).free
     except OSError as exc:
-        reason = {errno.ENOSPC: "the disk is full", errno.EROFS: "read-only filesystem",
-                  errno.EACCES: "permission denied", errno.ENOTDIR: "a parent is a file"}.get(
-            exc.errno or 0, exc.strerror or str(exc))
-        raise UnusableDirectoryError(f"{what} {path} cannot be written: {reason}") from None
+        raise UnusableDirectoryError(f"{what} {path} cannot be written: {os_error_reason(exc)}") from None
     finally:  # a check leaves nothing behind: what it created goes (writers create it again)
         for directory in created:
             try:
@@ -204,10 +299,95 @@ def check_writable_dir(path: str | os.PathLike[str], what: str, min_free: int = 
     return path
 
 
+class DirectoryInUseError(UserError, OSError):
+    """Another live process holds the lock of a directory this run must own (names the holder)."""
+
+
+LOCK_NAME = ".lock"
+_HELD: dict[Path, int] = {}  # locks this process holds -> how many times (a lock is re-entrant)
+
+
+def _lock_holder(lock: Path) -> tuple[str, int, str] | None:
+    """(host, pid, since) written in ``lock``, or None when it cannot be read."""
+    try:
+        host, pid, since = lock.read_text(encoding="utf-8").split(maxsplit=2)
+        return host, int(pid), since.strip()
+    except (OSError, ValueError):
+        return None
+
+
+def _take_lock(lock: Path, what: str) -> None:
+    """Create ``lock`` holding this process's host, pid and start time, atomically (a complete
+    file is hard-linked into place, so a reader never sees a half-written one); break a lock
+    whose holder died on this host; refuse one held by a live process (or another host's)."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        tmp = lock.parent / _temp_name(lock)
+        try:
+            tmp.write_text(f"{_HOST} {os.getpid()} {stamp}\n", encoding="utf-8")
+            os.link(tmp, lock)
+            return
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+        holder = _lock_holder(lock)
+        if holder is not None and _process_is_gone(holder[0], holder[1]):
+            lock.unlink(missing_ok=True)  # a killed run's lock: nobody will release it
+            continue
+        who = f"pid {holder[1]} on host {holder[0]}, since {holder[2]}" if holder else "a process that left no name"
+        raise DirectoryInUseError(
+            f"{what} {lock.parent} is in use by another run ({who}); wait for it to end, or, if that "
+            f"process is gone, delete {lock}")
+
+
+@contextmanager
+def directory_lock(directory: str | os.PathLike[str], what: str) -> Iterator[Path]:
+    """Hold ``<directory>/.lock`` for the duration: one writer per directory (two runs into one
+    results directory would replace each other's records, or compute every cell twice).
+
+    Re-entrant within a process. A lock left by a process of this host that no longer exists
+    is broken; one of another host is only reported (its holder may be alive). Directories
+    the lock had to create are removed on release when still empty, so a run that stops
+    early leaves nothing behind."""
+    directory = Path(directory).absolute()
+    lock = directory / LOCK_NAME
+    created: list[Path] = []
+    if _HELD.get(lock):
+        _HELD[lock] += 1
+    else:
+        created = [p for p in (directory, *directory.parents) if not p.exists()]
+        _take_lock(lock, what)
+        _HELD[lock] = 1
+    try:
+        yield lock
+    finally:
+        _HELD[lock] -= 1
+        if not _HELD[lock]:
+            del _HELD[lock]
+            lock.unlink(missing_ok=True)
+            for path in created:
+                try:
+                    path.rmdir()
+                except OSError:
+                    break
+
+
 def stable_hash(obj: Any, length: int = 16) -> str:
     """Hash of a JSON-serialisable object that does not depend on dict order."""
     blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:length]
+
+
+def file_digest(path: str | os.PathLike[str]) -> tuple[int, str]:
+    """(size in bytes, sha256 hex digest) of a file, read in 1 MiB chunks."""
+    h, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(2**20), b""):
+            h.update(chunk)
+            size += len(chunk)
+    return size, h.hexdigest()
 
 
 def bytes_hash(*chunks: bytes, length: int = 16) -> str:

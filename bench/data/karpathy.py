@@ -149,6 +149,8 @@ def _read_json(path: Path, problems: _Problems) -> tuple[Any, str] | None:
         return None
     try:
         return json.loads(raw), hashlib.sha256(raw).hexdigest()
+    except RecursionError:
+        problems.add(f"{path}: invalid JSON: nested too deeply to read")
     except json.JSONDecodeError as exc:
         problems.add(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}")
     except UnicodeDecodeError as exc:
@@ -216,6 +218,9 @@ def _parse(path: Path, split: str, label: str, problems: _Problems) -> ParsedSpl
             problems.add(f"{where}: 'image' must be a non-empty string, got {json.dumps(image)[:60]}")
             continue
         where = f"{where}, image {image!r}"
+        if any(ord(c) < 32 for c in image):
+            problems.add(f"{where}: image path contains a control character (e.g. a NUL byte)")
+            continue
         rel = _relative_image_path(image)
         if rel is None or rel == ".":
             problems.add(f"{where}: image path must be relative to the image root (no absolute path, no '..')")
@@ -287,8 +292,26 @@ def _check_disjoint(parsed: Sequence[ParsedSplit], problems: _Problems) -> None:
                 seen[rel] = (p, entry)
 
 
-def _stat_images(p: ParsedSplit, root: Path, problems: _Problems) -> list[tuple[str, int, int]]:
-    """(relative path, size, mtime_ns) per image, from ``stat`` only (see :func:`cache_key`)."""
+def _check_same_files(parsed: Sequence[ParsedSplit], files: dict[str, list[tuple[int, int]]],
+                      problems: _Problems) -> None:
+    """No image file serves two splits under different names: a symbolic or hard link (or a
+    '.'-detour) of a train image in the test split is the same file, which comparing paths
+    misses. ``files``: per split, each image's (st_dev, st_ino), in the order of its images."""
+    seen: dict[tuple[int, int], tuple[ParsedSplit, int, str]] = {}
+    for p in parsed:
+        for rel, entry, identity in zip(p.image_paths, p.first_entry, files[p.split]):
+            other = seen.setdefault(identity, (p, entry, rel))
+            if other[0] is not p:  # two names in one split are allowed; one path twice was reported
+                problems.add(
+                    f"{p.label}, entry {entry}, image {rel!r}: the same file as image {other[2]!r} of another "
+                    f"split ({other[0].label}, entry {other[1]}; a link or another name of it); splits must not "
+                    "share images")
+
+
+def _stat_images(p: ParsedSplit, root: Path, problems: _Problems,
+                 identities: list[tuple[int, int]] | None = None) -> list[tuple[str, int, int]]:
+    """(relative path, size, mtime_ns) per image, from ``stat`` only (see :func:`cache_key`);
+    each image's (device, inode) is appended to ``identities`` when given."""
     out: list[tuple[str, int, int]] = []
     for rel, entry in zip(p.image_paths, p.first_entry):
         where = f"{p.label}, entry {entry}, image {rel!r}"
@@ -304,6 +327,8 @@ def _stat_images(p: ParsedSplit, root: Path, problems: _Problems) -> list[tuple[
             problems.add(f"{where}: not a regular file: {root / rel}")
             continue
         out.append((rel, st.st_size, st.st_mtime_ns))
+        if identities is not None:
+            identities.append((st.st_dev, st.st_ino))
     return out
 
 
@@ -368,7 +393,10 @@ def check_karpathy(spec: KarpathySpec) -> CheckedKarpathy:
     if not root.is_dir():
         raise AnnotationError([f"image root is not a directory: {root} (dataset {spec.name!r})"])
     _check_disjoint(parsed, problems)
-    stats = {p.split: _stat_images(p, root, problems) for p in parsed}
+    files: dict[str, list[tuple[int, int]]] = {p.split: [] for p in parsed}
+    stats = {p.split: _stat_images(p, root, problems, files[p.split]) for p in parsed}
+    problems.raise_if_any()
+    _check_same_files(parsed, files, problems)
     problems.raise_if_any()
     return CheckedKarpathy(tuple(parsed), cache_key(parsed, stats, spec.resolution))
 

@@ -22,7 +22,12 @@ from bench.core.io import discard_corrupt, stable_hash, write_atomic
 from bench.data.datasets import PreparedDataset
 from bench.models.student import ModelConfig, Student, build_student
 from bench.protocol.augment import AugmentConfig
-from bench.protocol.train import TrainConfig, train_student
+from bench.protocol.train import (
+    TrainConfig,
+    check_contrastive_batch,
+    check_momentum,
+    train_student,
+)
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,10 @@ class ExpertConfig:
     def __post_init__(self) -> None:
         if self.n_experts < 1 or self.epochs < 1:
             raise ValueError("experts.n_experts and experts.epochs must be positive")
+        check_contrastive_batch(self.batch_size)
+        check_momentum(self.momentum)
+        if self.lr_image < 0 or self.lr_text < 0:
+            raise ValueError("learning rates must be >= 0")
 
     def train_config(self, base: TrainConfig) -> TrainConfig:
         """The full-data recipe with this expert schedule; always SGD (the matcher unrolls SGD)."""

@@ -16,7 +16,8 @@ import torch
 
 from bench.core.config import to_dict
 from bench.core.env import git_commit, machine_info, pick_device
-from bench.core.io import stable_hash
+from bench.core.errors import error_text, strip_terminal_codes
+from bench.core.io import file_digest, stable_hash
 from bench.core.measure import Cost, measure
 from bench.data.datasets import PreparedDataset, prepare_dataset
 from bench.distill.experts import TrajectoryBuffer, ensure_experts, open_buffer
@@ -24,7 +25,7 @@ from bench.grid.pictures import write_pictures
 from bench.grid.record import CellRecord, FailureRecord, timestamp
 from bench.grid.spec import Cell, EvalVariant, GridConfig, ResolvedCell, resolve_cell
 from bench.grid.store import ResultStore
-from bench.methods_api import Method, MethodContext, MethodOutput
+from bench.methods_api import Method, MethodContext, MethodOutput, index_problem
 from bench.protocol.evaluate import CurvePlan, SeedResult, evaluate_pair_set, summarize
 from bench.protocol.proxy import ProxyRun, load_or_compute_proxy
 
@@ -75,11 +76,41 @@ class SharedArtifacts:
         return self.buffer or open_buffer(self.data, g.model, g.experts, g.evaluation.full_train, g.cache_dir)
 
 
-def check_output(output: MethodOutput, cell: Cell, kind: str) -> None:
+def check_output(output: MethodOutput, cell: Cell, kind: str, n_pairs: int) -> None:
+    """What every method must return: a :class:`MethodOutput` of ``budget`` pairs whose real
+    pairs (``source_indices``) are distinct training pairs (a set of ten copies of pair 0 would
+    be scored as a 10-pair coreset)."""
     if not isinstance(output, MethodOutput):
         raise TypeError(f"method {cell.method!r} returned {type(output).__name__}, not MethodOutput")
     if kind != "reference" and len(output.pairs) != cell.budget:
         raise ValueError(f"method {cell.method!r} returned {len(output.pairs)} pairs for budget {cell.budget}")
+    if output.source_indices is not None:
+        problem = index_problem(output.source_indices.numpy(), n_pairs)
+        if problem:
+            raise ValueError(f"method {cell.method!r} returned pairs whose source_indices {problem}")
+
+
+class MethodExit(RuntimeError):
+    """A method called ``sys.exit()`` (or raised SystemExit) inside ``run()``: a failure of its
+    cell, not a request to end the grid."""
+
+
+def run_method(method: Method, ctx: MethodContext, budget: int, seed: int, key: str) -> MethodOutput:
+    """``method.run``, with a SystemExit turned into a failure of the cell (left alone, it would
+    end the driver with status 0, no records and no failure records)."""
+    try:
+        return method.run(ctx, budget, seed)
+    except SystemExit as exc:
+        raise MethodExit(f"method {key!r} called sys.exit({exc.code!r}) inside run(); a method must "
+                         "return a MethodOutput or raise an exception") from None
+
+
+def save_set(store: ResultStore, cell: Cell, output: MethodOutput, record: CellRecord) -> CellRecord:
+    """Write the cell's set and return the record naming it with its size and sha256 (a record
+    counts as finished only while its set file is as written)."""
+    path = store.save_set(cell, output)
+    size, digest = file_digest(path)
+    return replace(record, set_file=str(path.relative_to(store.root)), set_bytes=size, set_sha256=digest)
 
 
 def build_record(grid: GridConfig, resolved: ResolvedCell, data: PreparedDataset, output: MethodOutput,
@@ -123,15 +154,14 @@ def execute_cell(grid: GridConfig, cell: Cell, progress: bool = False) -> CellRe
     ctx = MethodContext(data, grid.model, device, Path(grid.cache_dir), shared.proxy, progress, shared.experts)
     budget = cell.budget if cell.budget is not None else data.train.n_captions
     with measure(device) as method_cost:
-        output = method.run(ctx, budget, seed)
-    check_output(output, cell, cls.kind)
+        output = run_method(method, ctx, budget, seed, cell.method)
+    check_output(output, cell, cls.kind, data.train.n_captions)
     with measure(device) as eval_cost:
         evaluations = evaluate_variants(grid, data, output, cls.kind == "reference", device, progress, cell.id)
     record = build_record(grid, resolved, data, output, evaluations, (method_cost, eval_cost), shared, device)
     if cls.kind != "reference":  # the full set is the training split itself: nothing to save
-        set_file = store.save_set(cell, output).relative_to(store.root)
+        record = save_set(store, cell, output, record)
         write_pictures(store, cell.id, data, output)
-        record = replace(record, set_file=str(set_file))
     store.write_record(cell, record)  # last: a record on disk means everything else is there
     return record
 
@@ -161,7 +191,8 @@ def evaluate_variants(grid: GridConfig, data: PreparedDataset, output: MethodOut
 
 def failure_record(cell: Cell, cell_hash: str, exc: BaseException, attempts: int) -> FailureRecord:
     """What ``records/<cell>.failed.json`` says: the error, its traceback, the attempts made
-    (0: never started) and the hash of the config that failed."""
-    return FailureRecord(cell_id=cell.id, error=f"{type(exc).__name__}: {exc}", attempts=attempts,
-                         traceback="".join(traceback.format_exception(exc)), failed_at=timestamp(),
-                         cell_hash=cell_hash)
+    (0: never started) and the hash of the config that failed. A Ray task error is described
+    by its cause (the method's own error), and no terminal codes are kept."""
+    return FailureRecord(cell_id=cell.id, error=error_text(exc), attempts=attempts,
+                         traceback=strip_terminal_codes("".join(traceback.format_exception(exc))),
+                         failed_at=timestamp(), cell_hash=cell_hash)

@@ -135,7 +135,9 @@ class CellRecord(_Stored):
     # --- what the method produced
     method_info: dict[str, Any] = field(default_factory=dict)  # free-form, from MethodOutput.info
     source_indices: list[int] | None = None
-    set_file: str | None = None
+    set_file: str | None = None  # relative to the results directory
+    set_bytes: int | None = None  # the set file's size and sha256 when written: a record whose
+    set_sha256: str | None = None  # set file is gone or changed does not count as finished
     # --- provenance
     dataset_key: str | None = None  # content + text encoder (PreparedDataset.key)
     config: dict[str, Any] | None = None

@@ -11,20 +11,30 @@ directories before any compute, prepare every dataset (and check the budgets aga
 write ``grid.json`` (the cells and hashes the reports will show), move the records of an older
 recipe of a planned cell aside, skip finished cells, hand the rest to an executor and write a
 failure record for every cell that failed. A cell writes its own record, so a killed driver
-loses at most the cells in flight; re-running skips every cell whose record has the same hash.
+loses at most the cells in flight; re-running skips every cell whose record has the same hash
+and whose set file is as it was written. One run at a time owns a results directory (its
+``.lock``); a full disk stops the run with one line that says how to resume.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from bench.core.config import ConfigError
+from bench.core.errors import error_text
 from bench.core.io import (
     SHARED_TEMP_MAX_AGE_S,
+    DiskFullError,
     check_writable_dir,
+    directory_lock,
+    is_disk_full,
     remove_stale_temp_files,
 )
 from bench.grid.cell import failure_record, prepared
+from bench.grid.record import RecordError
 from bench.grid.spec import Cell, GridConfig, plan_cells, resolve_cell
 from bench.grid.store import GridResults, ResultStore
 from bench.registry import load_plugins
@@ -45,31 +55,60 @@ class GridRun:
         self.failed: list[Cell] = []
         self.skipped: list[Cell] = []
         self.retired: list[str] = []
+        self.earlier_datasets: list[str] = []
+        self._lock_depth = 0
         self._bar: Any = None
         self._task: Any = None
 
     def pending(self, retire_stale: bool = False) -> list[Cell]:
         """The cells without a finished record of this recipe (each record read once); the
-        others are ``skipped``. ``retire_stale``: move aside the record of a planned cell made
-        by another recipe, so a cell that now fails (or is not reached) never shows its old
-        number."""
+        others are ``skipped``. A record whose set file is gone or changed is not finished.
+        ``retire_stale``: move aside the record of a planned cell made by another recipe (or
+        whose set file is damaged), so a cell that now fails (or is not reached) never shows
+        its old number."""
         todo, self.skipped = [], []
         for cell in self.cells:
             record = self.store.read_record(cell)
-            if record is not None and record.cell_hash == self.hashes[cell.id]:
+            if (record is not None and record.cell_hash == self.hashes[cell.id]
+                    and self.store.set_problem(record) is None):
                 self.skipped.append(cell)
                 continue
             if record is not None and retire_stale:
-                self.store.retire(cell)
+                self.store.retire(cell, record.cell_hash)
                 self.retired.append(cell.id)
             todo.append(cell)
         return todo
 
+    #: The folders of a results directory a run writes into (checked up front when they exist).
+    RESULT_FOLDERS = ("records", "sets", "pictures", "stale", "tables", "plots")
+
     def check_outputs(self) -> None:
         """The results and cache directories take files (exist or can be made, are writable,
-        have room), checked before any work so a bad path costs nothing."""
-        check_writable_dir(self.grid.results_dir, "results_dir")
+        have room), and so does every folder of the results directory that exists already
+        (a read-only ``records/`` would fail when the first record is retired or written),
+        checked before any work so a bad path costs nothing. A Ray cluster to join must answer."""
+        root = Path(self.grid.results_dir)
+        check_writable_dir(root, "results_dir")
+        for folder in self.RESULT_FOLDERS:
+            if (root / folder).is_dir():
+                check_writable_dir(root / folder, f"results_dir folder {folder}/:")
         check_writable_dir(self.grid.cache_dir, "cache_dir")
+        if self.grid.runner.executor == "ray" and self.grid.runner.ray_address:
+            from bench.grid.executors.ray_dispatch import check_ray_address
+
+            check_ray_address(self.grid.runner.ray_address)
+
+    def check_model_files(self) -> None:
+        """The image tower's weights file or model directory exists and is one (its header is
+        read), before any data is prepared; a cluster's workers may see other files than the
+        driver, so a grid joining one is not judged here."""
+        from bench.models.image_encoders import encoder_files_problem
+
+        if self.grid.runner.executor == "ray" and self.grid.runner.ray_address:
+            return
+        problem = encoder_files_problem(self.grid.model.image_encoder)
+        if problem:
+            raise ConfigError(f"model.{problem}")
 
     def check_budgets(self) -> None:
         for data_cfg in self.grid.datasets:
@@ -80,20 +119,49 @@ class GridRun:
                                   f"{data_cfg.name} ({n} pairs)")
 
     def remove_temp_files(self) -> None:
-        """Temp files of writers killed mid-write (a crashed driver or worker). Results: all of
-        them, nothing else writes here; the shared cache: those whose writer is gone."""
-        remove_stale_temp_files(self.grid.results_dir)
-        remove_stale_temp_files(self.grid.cache_dir, older_than_s=SHARED_TEMP_MAX_AGE_S)
+        """Temp files of writers killed mid-write (a crashed driver or worker): those whose
+        writer is gone, and any an hour old, in the results and the cache directory alike (a
+        live writer of another host or process keeps its file)."""
+        for root in (self.grid.results_dir, self.grid.cache_dir):
+            remove_stale_temp_files(root, older_than_s=SHARED_TEMP_MAX_AGE_S)
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Own the results directory (``results_dir/.lock``) for the duration, after checking
+        the output directories; a second run into it is refused with the holder's host and
+        pid. Re-entrant: the command line holds it over the run and the reports it writes,
+        :meth:`run` holds it in any case."""
+        if not self._lock_depth:
+            self.check_outputs()
+        self._lock_depth += 1
+        try:
+            with directory_lock(self.grid.results_dir, "results_dir"):
+                yield
+        finally:
+            self._lock_depth -= 1
+
+    def note_earlier_grid(self) -> None:
+        """Remember the datasets of the grid that ran here before (``grid.json``) that this
+        grid lacks: their tables and plots are no longer current (``earlier_datasets``)."""
+        try:
+            manifest = self.store.read_manifest()
+        except RecordError:  # an unreadable grid.json is replaced below
+            manifest = None
+        ours = {d.name for d in self.grid.datasets}
+        earlier = dict.fromkeys(cell_id.split("__")[0] for cell_id in (manifest.cells if manifest else {}))
+        self.earlier_datasets = [d for d in earlier if d not in ours]
 
     def run(self) -> GridRun:
-        self.check_outputs()
-        self.check_budgets()  # also prepares every dataset (and its caches) once, up front
-        self.remove_temp_files()
-        self.store.write_manifest(self.grid.name, self.grid.config_hash, self.hashes)
-        todo = self.pending(retire_stale=True)
-        if todo:
-            self._execute(todo)
+        with self.locked():
+            self.check_model_files()
+            self.check_budgets()  # also prepares every dataset (and its caches) once, up front
             self.remove_temp_files()
+            self.note_earlier_grid()
+            self.store.write_manifest(self.grid.name, self.grid.config_hash, self.hashes)
+            todo = self.pending(retire_stale=True)
+            if todo:
+                self._execute(todo)
+                self.remove_temp_files()
         return self
 
     def results(self) -> GridResults:
@@ -121,9 +189,23 @@ class GridRun:
         self._bar.update(self._task, status=name)
 
     def finished(self, cell: Cell, error: BaseException | None, attempts: int) -> None:
+        if error is not None and is_disk_full(error):
+            self.stop_for_full_disk(cell, error)
         if error is None:
             self.done.append(cell)
         else:
-            self.store.write_failure(cell, failure_record(cell, self.hashes[cell.id], error, attempts))
+            try:
+                self.store.write_failure(cell, failure_record(cell, self.hashes[cell.id], error, attempts))
+            except DiskFullError as exc:
+                self.stop_for_full_disk(cell, exc)
             self.failed.append(cell)
         self._bar.update(self._task, advance=1, status=f"{cell.id} {'ok' if error is None else 'FAILED'}")
+
+    def stop_for_full_disk(self, cell: Cell, error: BaseException) -> None:
+        """End the run: every further cell would fail the same way. What finished is kept (a
+        record is written last and atomically), so a rerun after freeing space resumes."""
+        kept = len(self.done) + len(self.skipped)
+        raise DiskFullError(
+            f"the disk is full: cell {cell.id} failed ({error_text(error).split(': ', 1)[-1]}); "
+            f"{kept} finished cell(s) are kept in {self.grid.results_dir}; free some space and rerun "
+            "the same command to resume") from error

@@ -18,6 +18,7 @@ from bench.core.config import (
     apply_overrides,
     check_keys,
     check_path_name,
+    check_unique,
     from_dict,
     load_yaml,
     stable_hash_config,
@@ -28,19 +29,13 @@ from bench.core.io import stable_hash
 from bench.data.datasets import DatasetConfig
 from bench.distill.experts import ExpertConfig
 from bench.methods_api import Method
+from bench.models.image_encoders import encoder_fit_problem
 from bench.models.student import ModelConfig
 from bench.protocol.evaluate import curve_epochs
 from bench.protocol.presets import ProtocolPreset, preset
 from bench.protocol.proxy import ProxyConfig
 from bench.protocol.train import TrainConfig
 from bench.registry import UnknownMethodError, get_method
-
-
-def check_unique(values: Sequence[Any], key: str) -> None:
-    """A grid axis lists each value once: a repeated value would run (and pool) a cell twice."""
-    repeated = sorted({v for v in values if list(values).count(v) > 1})
-    if repeated:
-        raise ValueError(f"{key} lists {repeated[0]} more than once ({list(values)}); list each value once")
 
 
 def check_seeds(seeds: Sequence[int], key: str) -> None:
@@ -182,7 +177,10 @@ class RunnerConfig:
     evaluation), so each asks for ``gpus_per_task`` GPUs (None = 1 when the cluster has GPUs,
     else 0) and ``cpus_per_task`` CPUs (also its torch thread count). ``max_concurrent`` caps
     the tasks in flight (None = as many as the cluster's GPUs, or CPUs, allow). max_retries
-    counts retries of a task whose worker died or that raised."""
+    counts retries of a task whose worker died or that raised. cell_timeout_s: a cell still
+    running after this many seconds is stopped and recorded as failed (not retried) while the
+    grid goes on; None = no limit. Under ``local`` the cell is interrupted in this process;
+    under ``ray`` its task is cancelled and its worker process killed."""
 
     executor: Literal["ray", "local"] = "ray"
     ray_address: str | None = None
@@ -190,10 +188,17 @@ class RunnerConfig:
     cpus_per_task: int = 1
     gpus_per_task: float | None = None
     max_concurrent: int | None = None
+    cell_timeout_s: float | None = field(default=None, metadata={"omit_if_default": True})
 
     def __post_init__(self) -> None:
         if self.max_retries < 0 or self.cpus_per_task < 1:
             raise ValueError("max_retries must be >= 0 and cpus_per_task >= 1")
+        if self.cell_timeout_s is not None and self.cell_timeout_s <= 0:
+            raise ValueError(f"cell_timeout_s must be > 0 seconds (or null for no limit), got {self.cell_timeout_s}")
+        if self.executor == "local" and self.ray_address:
+            raise ValueError(f"ray_address {self.ray_address!r} is set but executor is 'local', which runs every "
+                             "cell in this process and never joins a cluster; use executor 'ray' "
+                             "(--executor ray) or drop the address")
         if self.gpus_per_task is not None and self.gpus_per_task < 0:
             raise ValueError("gpus_per_task must be >= 0")
         if self.max_concurrent is not None and self.max_concurrent < 1:
@@ -228,8 +233,12 @@ class GridConfig:
             raise ValueError(f"method names/labels must be unique (use 'label:'), got {keys}")
         if "full" in keys:
             raise ValueError("'full' is added by include_full; do not list it under methods")
-        if not self.budgets or any(b < 1 for b in self.budgets):
-            raise ValueError(f"budgets must be positive integers, got {list(self.budgets)}")
+        if not self.budgets or any(b < 2 for b in self.budgets):
+            raise ValueError(f"budgets must be integers >= 2 (a set of one pair has no negatives to train "
+                             f"against), got {list(self.budgets)}")
+        for key in ("results_dir", "cache_dir"):
+            if not getattr(self, key).strip():
+                raise ValueError(f"{key} is empty; name a directory (e.g. results/{self.name})")
         check_unique(self.budgets, "budgets")
         check_seeds(self.method_seeds, "method_seeds")
         problem = device_syntax_problem(self.device)
@@ -349,13 +358,32 @@ def method_params(spec: MethodSpec, where: str, budget: int | None = None) -> An
 
 def validate_methods(grid: GridConfig) -> None:
     """Every method exists and its params fit, for every budget of the grid (each budget's
-    override merged over ``params``)."""
+    override merged over ``params``), and fit the grid's experts."""
     for i, spec in enumerate(grid.methods):
         where = f"methods[{i}] ({spec.key})"
         if any(not spec.budget_params.get(b) for b in grid.budgets):  # some budget runs `params` as is
-            method_params(spec, where)
+            check_expert_epochs(grid, spec, method_params(spec, where), f"{where}.params")
         for budget in sorted(spec.budget_params):
-            method_params(spec, where, budget)
+            check_expert_epochs(grid, spec, method_params(spec, where, budget), f"{where}.budget_params.{budget}")
+
+
+def check_expert_epochs(grid: GridConfig, spec: MethodSpec, params: Any, where: str) -> None:
+    """A method reading expert trajectories reads no epoch beyond those ``experts`` records."""
+    cls = get_method(spec.name)
+    needed = cls.expert_epochs_needed(params) if cls.uses_experts else 0
+    if needed > grid.experts.epochs:
+        raise ConfigError(f"{where}: these parameters read {needed} expert epochs (e.g. max_start_epoch + "
+                          f"expert_epochs), but experts.epochs is {grid.experts.epochs}; raise experts.epochs "
+                          "or lower max_start_epoch")
+
+
+def check_model_fits(grid: GridConfig) -> None:
+    """The image tower takes every dataset's resolution (e.g. a ConvNet of depth 3 needs a
+    multiple of 8 pixels), checked from the config alone."""
+    for i, data in enumerate(grid.datasets):
+        problem = encoder_fit_problem(grid.model.image_encoder, data.resolution)
+        if problem:
+            raise ConfigError(f"datasets[{i}] ({data.name}): {problem}; the model cannot take these images")
 
 
 def check_device_available(grid: GridConfig) -> None:
@@ -372,6 +400,7 @@ def build_grid(data: dict[str, Any]) -> GridConfig:
     """A validated grid from raw config data: types and keys, method params, the device."""
     grid = from_dict(GridConfig, data)
     validate_methods(grid)
+    check_model_fits(grid)
     check_device_available(grid)
     return grid
 
@@ -388,11 +417,12 @@ def _blame(raw: dict[str, Any], overrides: list[str], message: str, path: str | 
     return "--set overrides"
 
 
-def load_grid(path: str | Path, overrides: list[str] | None = None) -> GridConfig:
+def load_grid(path: str | Path, overrides: list[str] | None = None, raw: dict[str, Any] | None = None) -> GridConfig:
     """Read, override and validate a grid. Every :class:`ConfigError` says where the bad
-    value comes from: ``<config file>: ...`` or ``--set 'key=value': ...``."""
+    value comes from: ``<config file>: ...`` or ``--set 'key=value': ...``. ``raw``: the file's
+    data when the caller read it already (:func:`bench.core.config.load_yaml`)."""
     overrides = list(overrides or [])
-    raw = load_yaml(path)  # its errors name the file
+    raw = load_yaml(path) if raw is None else raw  # its errors name the file
     data = apply_overrides(copy.deepcopy(raw), overrides)  # its errors name the override
     try:
         return build_grid(data)

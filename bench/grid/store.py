@@ -6,8 +6,9 @@ Layout under ``results_dir``:
   records/<cell>.failed.json   the last failure of a cell, with its traceback
   sets/<cell>.pt               the pair set the method produced (re-evaluate / inspect it)
   pictures/<cell>.png          the first pairs of that set with their captions
-  stale/...                    records (and their sets, pictures) of an older recipe of a cell,
-                               moved aside when the cell is planned again; never shown
+  stale/<hash>/...             records (and their sets, pictures) of an older recipe of a cell,
+                               moved aside when the cell is planned again, one folder per
+                               recipe (the old record's cell hash); never shown, never replaced
 
 What a report shows is decided here, once (:meth:`ResultStore.grid_results`): the records of
 the cells of one grid whose hash matches the grid's, and for every other cell of the grid why
@@ -23,8 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.core.errors import UserError
-from bench.core.io import torch_save_atomic, write_json_atomic
+from bench.core.errors import UserError, strip_terminal_codes
+from bench.core.io import (
+    UnusableDirectoryError,
+    file_digest,
+    os_error_reason,
+    torch_save_atomic,
+    write_json_atomic,
+)
 from bench.grid.record import (
     CellRecord,
     FailureRecord,
@@ -62,6 +69,8 @@ def _read_json(path: Path, what: str) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RecordError(f"{path}: cannot read {what}: {exc}") from exc
+    except RecursionError:
+        raise RecordError(f"{path}: cannot read {what}: nested too deeply") from None
 
 
 def records_dir(results_dir: str | os.PathLike[str]) -> Path:
@@ -75,6 +84,8 @@ def read_records(results_dir: str | os.PathLike[str]) -> list[CellRecord]:
     file name. Skipped: hidden files (temporary files of atomic writes), ``*.failed.json``,
     unfinished records. Raises :class:`RecordError` naming the file for an unreadable one."""
     root = Path(results_dir)
+    if root.exists() and not root.is_dir():
+        raise MissingResultsError(f"{root} is a file, not a results directory")
     if not root.is_dir():
         raise MissingResultsError(f"results directory {root} does not exist")
     records = []
@@ -90,7 +101,7 @@ def read_records(results_dir: str | os.PathLike[str]) -> list[CellRecord]:
 class GridResults:
     """The records a report of one grid shows, and why the other cells of the grid have none
     (cell id -> one-line reason, in plan order); ``ignored`` counts records in the directory
-    that belong to no cell of the grid or to an older recipe of one."""
+    that belong to no cell of the grid (a cell of the grid is reported in ``missing`` only)."""
 
     records: list[CellRecord]
     missing: dict[str, str]
@@ -143,9 +154,27 @@ class ResultStore:
             return None
 
     def finished(self, cell: Cell | str, cell_hash: str) -> bool:
-        """A cell is finished when its record exists, parses, and was made by the same config."""
+        """A cell is finished when its record exists, parses, was made by the same config, and
+        the set file it names is there as it was written."""
         record = self.read_record(cell)
-        return record is not None and record.cell_hash == cell_hash
+        return record is not None and record.cell_hash == cell_hash and self.set_problem(record) is None
+
+    def set_problem(self, record: CellRecord, check_hash: bool = True) -> str | None:
+        """Why the set file ``record`` names cannot be trusted (gone, another size, another
+        sha256), or None (also for a record without a set: the ``full`` reference). Records
+        written before sizes were recorded are only checked to have their file."""
+        if record.set_file is None:
+            return None
+        path = self.root / record.set_file
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return f"its set file {path} is missing"
+        if record.set_bytes is not None and size != record.set_bytes:
+            return f"its set file {path} has {size} bytes, the record says {record.set_bytes} (truncated or replaced)"
+        if check_hash and record.set_sha256 is not None and file_digest(path)[1] != record.set_sha256:
+            return f"its set file {path} has changed since the record was written"
+        return None
 
     def write_record(self, cell: Cell | str, record: CellRecord) -> Path:
         path = write_json_atomic(self.record_path(cell), record.to_json())
@@ -155,17 +184,28 @@ class ResultStore:
     def write_failure(self, cell: Cell | str, failure: FailureRecord) -> Path:
         return write_json_atomic(self.failure_path(cell), failure.to_json())
 
-    def retire(self, cell: Cell | str) -> list[Path]:
-        """Move the cell's record, set and pictures to ``stale/`` (an older recipe's result:
-        kept for inspection, never shown as current); returns the new paths."""
+    def retire(self, cell: Cell | str, cell_hash: str | None) -> list[Path]:
+        """Move the cell's record, set and pictures to ``stale/<cell_hash>/`` (the hash of the
+        recipe that made them: kept for inspection, never shown as current); returns the new
+        paths. Every generation is kept: a folder that already holds this cell's files (the
+        same recipe retired before) gets a numbered sibling, ``stale/<hash>-2/``."""
+        files = [p for p in (self.record_path(cell), self.set_path(cell), self.picture_path(cell),
+                             self.picture_path(cell, "loss")) if p.is_file()]
+        base = self.root / "stale" / (cell_hash or "unknown-recipe")
+        generation, n = base, 1
+        while any((generation / p.relative_to(self.root)).exists() for p in files):
+            n += 1
+            generation = base.with_name(f"{base.name}-{n}")
         moved = []
-        for path in (self.record_path(cell), self.set_path(cell), self.picture_path(cell),
-                     self.picture_path(cell, "loss")):
-            if path.is_file():
-                target = self.root / "stale" / path.relative_to(self.root)
+        for path in files:
+            target = generation / path.relative_to(self.root)
+            try:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(path, target)
-                moved.append(target)
+            except OSError as exc:
+                raise UnusableDirectoryError(f"cannot move the stale file {path} to {target}: "
+                                             f"{os_error_reason(exc)}") from None
+            moved.append(target)
         return moved
 
     def save_set(self, cell: Cell | str, output: MethodOutput) -> Path:
@@ -196,23 +236,28 @@ class ResultStore:
 
     def grid_results(self, cells: Mapping[str, str]) -> GridResults:
         """The current records of the grid whose cells (id -> hash) are given, and why each
-        other cell has no number: ``failed: <error>``, ``stale: ...``, ``its record cannot be
-        read`` or ``not run``. Other records in ``records/`` are only counted (``ignored``)."""
+        other cell has no number: ``failed: <error>``, ``not finished: its set file ...``,
+        ``stale: ...``, ``its record cannot be read`` or ``not run``. A set file is checked by
+        its size here (the hash is checked when a run decides what to skip). Records of no cell
+        of the grid are only counted (``ignored``)."""
         current, missing = [], {}
         for cell_id, cell_hash in cells.items():
             record = self.read_record(cell_id)
-            if record is not None and record.cell_hash == cell_hash:
+            damaged = None if record is None else self.set_problem(record, check_hash=False)
+            if record is not None and record.cell_hash == cell_hash and damaged is None:
                 current.append(record)
                 continue
             failure = self.read_failure(cell_id)
             if failure is not None and failure.cell_hash in (cell_hash, None):
-                missing[cell_id] = f"failed: {failure.reason}"
+                missing[cell_id] = f"failed: {strip_terminal_codes(failure.reason)}"
+            elif record is not None and record.cell_hash == cell_hash:
+                missing[cell_id] = f"not finished: {damaged}"
             elif record is not None:
                 missing[cell_id] = "stale: its record was made by another recipe"
             elif self.record_path(cell_id).is_file():
                 missing[cell_id] = "its record cannot be read"
             else:
                 missing[cell_id] = "not run"
-        shown = {r.cell_id for r in current}
-        others = [p for p in _record_files(self.root / "records") if p.stem not in shown]
+        # A cell of the grid without a current record is named once, in ``missing``.
+        others = [p for p in _record_files(self.root / "records") if p.stem not in cells]
         return GridResults(current, missing, ignored=len(others))

@@ -11,11 +11,20 @@ import torch
 from torch import nn
 
 
+def resolution_problem(resolution: int, depth: int) -> str | None:
+    """Why images of ``resolution`` pixels cannot go through ``depth`` pooling blocks (each
+    halves the side, so the side must be a multiple of 2**depth), or None."""
+    if resolution % (2**depth):
+        return f"resolution {resolution} is not divisible by 2**depth = {2**depth}"
+    return None
+
+
 class ConvNet(nn.Module):
     def __init__(self, width: int = 128, depth: int = 3, resolution: int = 32, in_channels: int = 3) -> None:
         super().__init__()
-        if resolution % (2**depth):
-            raise ValueError(f"resolution {resolution} is not divisible by 2**depth = {2**depth}")
+        problem = resolution_problem(resolution, depth)
+        if problem:
+            raise ValueError(problem)
         layers: list[nn.Module] = []
         channels = in_channels
         for _ in range(depth):

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from bench.data.types import IMAGE_MEAN, IMAGE_STD
-from bench.models.convnet import ConvNet
+from bench.models.convnet import ConvNet, resolution_problem
 from bench.models.lora import BASE_SEED, LoraConfig, apply_lora, check_missing_weights
 
 
@@ -149,6 +149,48 @@ class TimmImageEncoder(nn.Module):
         return self.model(self.renormalize(images))
 
 
+def encoder_fit_problem(cfg: ImageEncoderConfig, resolution: int) -> str | None:
+    """Why the tower cannot take images of ``resolution`` pixels, or None (a config check: no
+    file is read)."""
+    if cfg.name == "convnet":
+        problem = resolution_problem(resolution, cfg.depth)
+        return f"{problem} (image_encoder.depth {cfg.depth})" if problem else None
+    return None
+
+
+def encoder_files_problem(cfg: ImageEncoderConfig) -> str | None:
+    """Why the tower's files cannot be used (a missing weights file or model directory, a file
+    that is not a weights file), or None; reads at most a file's header."""
+    if cfg.name == "hf":
+        directory = Path(cfg.path or "").expanduser()
+        if not (directory / "config.json").is_file():
+            return f"image_encoder.path {cfg.path!r}: not a transformers model directory (no config.json)"
+        return None
+    if cfg.path and (cfg.name == "convnet" or cfg.pretrained):
+        try:
+            _check_weights_file(resolve_weights(cfg.path))
+        except (FileNotFoundError, ValueError) as exc:
+            return str(exc)
+    return None
+
+
+def _check_weights_file(path: Path) -> None:
+    """Raise ValueError naming ``path`` when it is not a safetensors or torch weights file."""
+    import zipfile
+
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt"):
+                return
+        if not zipfile.is_zipfile(path):  # torch.save's format; anything else is refused by torch.load
+            torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - safetensors and torch raise their own types
+        raise ValueError(f"image_encoder.path {str(path)!r} is not a readable weights file "
+                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+
+
 def resolve_weights(path: str) -> Path:
     """A weights path: ``package:<file>`` names a file shipped in ``bench/models/weights/``."""
     if path.startswith("package:"):
@@ -165,8 +207,9 @@ def resolve_weights(path: str) -> Path:
 
 
 def load_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """A state_dict from a safetensors or torch file."""
+    """A state_dict from a safetensors or torch file (an unreadable one: a ValueError naming it)."""
     resolved = resolve_weights(path)
+    _check_weights_file(resolved)
     if resolved.suffix == ".safetensors":
         from safetensors.torch import load_file
 

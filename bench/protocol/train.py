@@ -18,6 +18,19 @@ from bench.models.student import Student, tower_features
 from bench.protocol.augment import AugmentConfig, augment_batch
 
 
+def check_contrastive_batch(batch_size: int, key: str = "batch_size") -> None:
+    """A contrastive batch needs negatives: with one pair per batch the loss is 0 and nothing
+    trains (the run would end "successfully" with an untrained student)."""
+    if batch_size < 2:
+        raise ValueError(f"{key} must be >= 2 (a contrastive batch needs at least one negative pair), got {batch_size}")
+
+
+def check_momentum(momentum: float, key: str = "momentum") -> None:
+    """SGD momentum in [0, 1): at 1 or above, velocities never decay and training diverges."""
+    if not 0 <= momentum < 1:
+        raise ValueError(f"{key} must be in [0, 1), got {momentum}")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Recipe for training a student on a pair set. Separate learning rates for the image and
@@ -46,10 +59,12 @@ class TrainConfig:
     lr_gamma: float = field(default=0.1, metadata={"omit_if_default": True})
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("epochs and batch_size must be positive")
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be positive, got {self.epochs}")
+        check_contrastive_batch(self.batch_size)
         if self.lr_image < 0 or self.lr_text < 0 or self.temperature <= 0:
             raise ValueError("learning rates must be >= 0 and temperature > 0")
+        check_momentum(self.momentum)
         if not self.lr_gamma > 0:
             raise ValueError(f"lr_gamma must be > 0, got {self.lr_gamma}")
         self.milestone_epochs()  # raises for a bad milestone

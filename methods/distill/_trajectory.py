@@ -72,6 +72,11 @@ class TrajectoryMatching(Method):
     learn_images: ClassVar[bool]
     learn_texts: ClassVar[bool]
 
+    @classmethod
+    def expert_epochs_needed(cls, params: MatchingConfig) -> int:
+        """A start epoch below ``max_start_epoch`` plus ``expert_epochs`` (the matcher's rule)."""
+        return params.last_epoch + 1
+
     def learned(self, real: PairSet, text_scale: float = 1.0, seed: int = 0) -> dict[str, LearnedTensor]:
         """What the matcher learns (a subclass adds its own tensors here)."""
         return synthetic_start(real, self.params, self.learn_images, self.learn_texts, text_scale)

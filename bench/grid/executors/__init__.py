@@ -22,3 +22,9 @@ class Reporter(Protocol):
     def finished(self, cell: Cell, error: BaseException | None, attempts: int) -> None:
         """A cell ended: ``error`` None when its record is written, else why it failed after
         ``attempts`` tries (0: never started, because an input it needs failed)."""
+
+
+def timeout_error(limit_s: float) -> TimeoutError:
+    """What the failure record of a cell stopped at ``runner.cell_timeout_s`` says."""
+    return TimeoutError(f"the cell ran longer than runner.cell_timeout_s = {limit_s:g} s and was stopped "
+                        "(not retried); raise the limit or make the method faster")

@@ -11,6 +11,8 @@ input failed is reported failed without being started. Task bodies are module-le
 from __future__ import annotations
 
 import os
+import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -18,9 +20,10 @@ import torch
 
 from bench.core.config import from_dict, to_dict
 from bench.core.env import pick_device
+from bench.core.errors import UserError, console_warnings_setup, error_text
 from bench.distill.experts import train_expert
 from bench.grid import cell as cell_module
-from bench.grid.executors import Reporter
+from bench.grid.executors import Reporter, timeout_error
 from bench.grid.spec import Cell, GridConfig, RunnerConfig, cell_hash, resolve_cell
 from bench.grid.store import ResultStore
 from bench.registry import load_plugins
@@ -43,10 +46,16 @@ def task_slots(runner: RunnerConfig, resources: dict[str, float]) -> tuple[float
     return gpus, max(1, slots)
 
 
+def _worker_setup(threads: int) -> None:
+    """What every task sets first: its torch threads, warnings as one line each (once)."""
+    torch.set_num_threads(threads)
+    console_warnings_setup()
+
+
 def _ray_cell(grid_data: dict, cell_data: dict, plugins: list[str], threads: int) -> str:
     """A cell. A retry of a task whose worker died after writing the record finds it and does
     not redo (or rewrite) the cell."""
-    torch.set_num_threads(threads)
+    _worker_setup(threads)
     load_plugins(plugins)
     grid = from_dict(GridConfig, grid_data)
     cell = Cell(**cell_data)
@@ -57,7 +66,7 @@ def _ray_cell(grid_data: dict, cell_data: dict, plugins: list[str], threads: int
 
 def _ray_expert(grid_data: dict, dataset: str, index: int, threads: int) -> str:
     """Expert ``index`` of ``dataset`` (skipped when its file is on disk and valid)."""
-    torch.set_num_threads(threads)
+    _worker_setup(threads)
     grid = from_dict(GridConfig, grid_data)
     data = cell_module.prepared(grid, dataset)
     path = train_expert(data, grid.model, grid.experts, grid.evaluation.full_train, index,
@@ -67,11 +76,38 @@ def _ray_expert(grid_data: dict, dataset: str, index: int, threads: int) -> str:
 
 def _ray_proxy(grid_data: dict, dataset: str, seed: int, plugins: list[str], threads: int) -> str:
     """The proxy run of ``dataset`` for method seed ``seed`` (plugins may replace the proxy)."""
-    torch.set_num_threads(threads)
+    _worker_setup(threads)
     load_plugins(plugins)
     grid = from_dict(GridConfig, grid_data)
     cell_module.load_proxy(grid, cell_module.prepared(grid, dataset), seed, pick_device(grid.device), False)
     return f"{dataset}:{seed}"
+
+
+class RayClusterError(UserError, ConnectionError):
+    """The Ray cluster the grid should join cannot be reached (the message names the address)."""
+
+
+#: How long joining a cluster may take to answer before the run is refused.
+CONNECT_TIMEOUT_S = 10.0
+
+
+def check_ray_address(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """A cluster address ``[ray://]HOST:PORT`` must accept a connection within ``timeout_s``:
+    ``ray.init`` itself retries an unreachable address without end. ``auto`` and ``local``
+    are Ray's own lookups and pass unchecked."""
+    target = address.removeprefix("ray://")
+    if target in ("auto", "local"):
+        return
+    host, sep, port = target.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise RayClusterError(f"ray address {address!r} must look like HOST:PORT (e.g. 10.0.0.1:6379), "
+                              "ray://HOST:PORT or auto")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        reason = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise RayClusterError(f"cannot reach the Ray cluster at {address}: {reason} (waited up to "
+                              f"{timeout_s:g} s); start it (`ray start --head`) or fix --ray-address") from None
 
 
 def init_ray(address: str | None) -> None:
@@ -86,6 +122,7 @@ def init_ray(address: str | None) -> None:
     env = {"env_vars": {"PYTHONPATH": pythonpath, "RAY_AUTH_MODE": os.environ["RAY_AUTH_MODE"]}}
     kwargs: dict[str, Any] = {"runtime_env": env, "include_dashboard": False, "log_to_driver": True}
     if address:
+        check_ray_address(address)
         ray.init(address=address, **kwargs)
     else:
         ray.init(**kwargs)
@@ -98,6 +135,7 @@ class _Job:
                  cell: Cell | None = None) -> None:
         self.name, self.submit, self.deps, self.cell = name, submit, deps or [], cell
         self.ref: Any = None
+        self.started_at = 0.0
         self.finished = False
         self.error: BaseException | None = None
 
@@ -157,15 +195,19 @@ def run_ray(grid: GridConfig, todo: list[Cell], reporter: Reporter, plugins: lis
             if job.ref is None and not job.finished and all(d.finished for d in job.deps):
                 failed = next((d for d in job.deps if d.error is not None), None)
                 if failed is not None:  # an input could not be made: so neither can this
-                    job.fail(RuntimeError(f"{failed.name} failed: {failed.error}"))
+                    job.fail(RuntimeError(f"{failed.name} failed: {error_text(failed.error)}"))
                     reporter.finished(job.cell, job.error, 0)  # type: ignore[arg-type]
                 else:
                     reporter.started(job.name)
                     job.ref = job.submit()
+                    job.started_at = time.monotonic()
                     in_flight[job.ref] = job
         if not in_flight:
             continue
-        ready, _ = ray.wait(list(in_flight), num_returns=1)
+        ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=_next_deadline(in_flight, runner))
+        if not ready:
+            _stop_overdue(ray, in_flight, runner, reporter)
+            continue
         job = in_flight.pop(ready[0])
         try:
             ray.get(ready[0])
@@ -174,3 +216,25 @@ def run_ray(grid: GridConfig, todo: list[Cell], reporter: Reporter, plugins: lis
             job.fail(exc)
         if job.cell is not None:
             reporter.finished(job.cell, job.error, runner.max_retries + 1)
+
+
+def _next_deadline(in_flight: dict[Any, _Job], runner: RunnerConfig) -> float | None:
+    """Seconds until the first cell in flight runs out of ``cell_timeout_s`` (None: no limit)."""
+    limit = runner.cell_timeout_s
+    starts = [job.started_at for job in in_flight.values() if job.cell is not None]
+    if limit is None or not starts:
+        return None
+    return max(0.0, min(starts) + limit - time.monotonic())
+
+
+def _stop_overdue(ray: Any, in_flight: dict[Any, _Job], runner: RunnerConfig, reporter: Reporter) -> None:
+    """Cancel every cell task past ``cell_timeout_s`` (its worker process is killed, so a method
+    stuck anywhere, even inside a C call, stops) and report it failed; not retried."""
+    limit = runner.cell_timeout_s
+    now = time.monotonic()
+    for ref, job in list(in_flight.items()):
+        if job.cell is not None and limit is not None and now - job.started_at >= limit:
+            ray.cancel(ref, force=True)
+            del in_flight[ref]
+            job.fail(timeout_error(limit))
+            reporter.finished(job.cell, job.error, 1)
