@@ -26,6 +26,8 @@ DEFAULT_ALIASES: Mapping[str, str] = {FULL: "full-data"}
 SOURCE_TITLES: Mapping[str, str] = {
     "vl-distill": "Vision-Language Dataset Distillation (Wu et al., TMLR 2024)",
     "lors": "LoRS: Low-Rank Similarity Mining for Multimodal Dataset Distillation (ICML 2024)",
+    "repblend": "Beyond Modality Collapse: Representations Blending for Multimodal Dataset Distillation (NeurIPS 2025)",
+    "mdm": "Multimodal Distribution Matching for Vision-Language Dataset Distillation (CVPR 2026)",
 }
 MISSING = "\u2013"  # en dash: a cell we have no number for
 PAPER_SUFFIX = " (paper)"
