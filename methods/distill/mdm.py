@@ -28,7 +28,6 @@ generator of (seed, it); the k-means from ``seed``.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -39,6 +38,7 @@ from threadpoolctl import threadpool_limits
 from torch.nn import functional as F
 
 from bench.data.pairs import PairSet, normalize_images
+from bench.distill.experts import TrajectoryBuffer
 from bench.methods_api import Method, MethodContext, MethodOutput, check_budget
 from bench.models.losses import contrastive_loss
 from bench.models.student import functional_embed, tower_features
@@ -168,6 +168,15 @@ def draw_checkpoints(rng: np.random.Generator, n_experts: int, min_epoch: int, m
     return first, (expert, int(rng.choice(epochs)))
 
 
+def mixed_teacher(buffer: TrajectoryBuffer, rng: np.random.Generator, cfg: MdmConfig, max_epoch: int,
+                  device: torch.device) -> tuple[dict[str, torch.Tensor], list[float]]:
+    """One draw of the teacher's trainable parameters (merged on ``device``) and its ratios."""
+    (e1, p1), (e2, p2) = draw_checkpoints(rng, len(buffer), cfg.min_epoch, max_epoch, cfg.same_expert)
+    anchor, first, second = ({k: v.to(device, torch.float32) for k, v in buffer.params(e, p).items()}
+                             for e, p in ((e1, 0), (e1, p1), (e2, p2)))
+    return merge_checkpoints(anchor, first, second, cfg.merge_alpha)
+
+
 # ----------------------------------------------------------------------------- the loss
 
 def geodesic_kernel(a: torch.Tensor, b: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -231,7 +240,6 @@ class Mdm(Method):
                              "(raise experts.epochs)")
         if max_epoch == cfg.min_epoch and (cfg.same_expert or len(buffer) == 1):
             raise ValueError(f"two checkpoints of one expert need two epochs, but min_epoch = max_epoch = {max_epoch}")
-        started = time.perf_counter()
         init, _, _ = kmeans_init(ctx.proxy_features(), budget, seed)
         start = ctx.real_subset(init)
         device = ctx.device
@@ -248,20 +256,17 @@ class Mdm(Method):
         ratios: list[float] = []
         for it in range(cfg.iterations):
             rng = np.random.default_rng([seed, it])
-            (e1, p1), (e2, p2) = draw_checkpoints(rng, len(buffer), cfg.min_epoch, max_epoch, cfg.same_expert)
-            params, r = merge_checkpoints(buffer.params(e1, 0), buffer.params(e1, p1), buffer.params(e2, p2),
-                                          cfg.merge_alpha)
-            params = {k: v.to(device, torch.float32) for k, v in params.items()}
+            params, r = mixed_teacher(buffer, rng, cfg, max_epoch, device)
             ratios += r
             real_idx = torch.from_numpy(rng.choice(len(real), size=min(cfg.batch_real, len(real)), replace=False))
-            syn_idx = torch.from_numpy(rng.choice(budget, size=min(cfg.batch_syn, budget), replace=False))
+            syn_idx = torch.from_numpy(rng.choice(budget, size=min(cfg.batch_syn, budget), replace=False)).to(device)
             with torch.no_grad():
                 if real_features is None:
                     real_emb = functional_embed(teacher, params, *real.batch(real_idx, device))
                 else:
-                    real_emb = functional_embed(teacher, params, real_features[real.image_index[real_idx]],
+                    real_emb = functional_embed(teacher, params, real_features[real.image_index[real_idx].to(device)],
                                                 real.text_emb[real_idx].to(device), from_features=True)
-            syn_emb = functional_embed(teacher, params, images[syn_idx.to(device)], texts[syn_idx.to(device)])
+            syn_emb = functional_embed(teacher, params, images[syn_idx], texts[syn_idx])
             terms = mdm_loss(real_emb, syn_emb, cfg)
             opt.zero_grad(set_to_none=True)
             terms["total"].backward()
@@ -273,8 +278,7 @@ class Mdm(Method):
         return MethodOutput(
             pairs=PairSet.synthetic(images, texts),
             info={"loss": [step["total"] for step in losses], "final_loss_terms": losses[-1],
-                  "init_indices": init.tolist(), "iterations": cfg.iterations,
-                  "merge_ratio_mean": round(float(np.mean(ratios)), 6), "expert_buffer_bytes": buffer.size_bytes(),
-                  "distill_seconds": round(time.perf_counter() - started, 3),
+                  "init_indices": init.tolist(), "merge_ratio_mean": round(float(np.mean(ratios)), 6),
+                  "expert_buffer_bytes": buffer.size_bytes(),
                   "text_drift": text_drift(texts, ctx.data.text_emb["train"], init)},
         )
