@@ -20,7 +20,7 @@ import torch
 
 from bench.data.datasets import PreparedDataset
 from bench.data.pairs import PairSet, SoftTargets
-from bench.models.student import ModelConfig
+from bench.models.student import ModelConfig, Student, build_student
 
 if TYPE_CHECKING:  # real types for plugin authors, without importing training code here
     from bench.distill.experts import TrajectoryBuffer
@@ -108,6 +108,12 @@ class MethodContext:
         if problem:
             raise ValueError(f"real_subset: the indices {problem}")
         return self.data.train_pairs(torch.as_tensor(array, dtype=torch.int64))
+
+    def student(self, seed: int) -> Student:
+        """A fresh student of the grid's model for this dataset (initialised from ``seed``; a
+        pretrained tower carries its weights): what experts and the evaluation train, so a
+        method can load expert parameters into it, train it or use it as a teacher."""
+        return build_student(self.model_cfg, self.data.train.resolution, self.data.text_dim, seed)
 
 
 class Method(ABC):

@@ -53,7 +53,8 @@ def test_recipe_matches_the_paper(paper_grid):
     assert grid.budgets == (100, 200, 500, 1000)
     assert len(grid.evaluation.seeds) == 5 and grid.evaluation.split == "test"
     assert grid.include_full
-    assert [m.key for m in grid.methods] == ["random", "herding", "kcenter", "forgetting", "distill-joint", "lors"]
+    assert [m.key for m in grid.methods] == ["random", "herding", "kcenter", "forgetting", "distill-joint", "lors",
+                                             "repblend", "mdm"]
     distill = [c for c in plan_cells(grid) if c.method == "distill-joint"]
     assert sorted(c.budget for c in distill) == [100, 200, 500, 1000]
     for cell in distill:  # the resolved params of every budget, overrides included
@@ -84,6 +85,49 @@ def test_lors_recipe_matches_the_authors_commands(paper_grid):
         assert p.merge_sides == (name == "coco")
         scale = 10.0 if (name, cell.budget) == ("coco", 500) else 1 / 0.07  # coco 500: --temperature 0.1
         assert p.inner_logit_scale == pytest.approx(scale)
+
+
+# The RepBlend authors' published commands (github.com/zhangxin-xd/RepBlend at 861c284,
+# scripts/distill_<dataset>_repblend.sh): (max_start_epoch, lr_img = lr_txt, lr_sim, rank, alpha, batch,
+# inner logit scale = 1 / --temperature).
+REPBLEND_COMMANDS = {
+    "flickr30k": {100: (2, 100, 10.0, 10, 3.0, 20, 1 / 0.07), 200: (2, 1000, 10.0, 5, 1.0, 20, 1 / 0.07),
+                  500: (3, 1000, 100.0, 20, 0.01, 20, 1 / 0.07)},
+    "coco": {100: (2, 1000, 5.0, 10, 1.0, 20, 1 / 0.07), 200: (2, 1000, 50.0, 20, 1.0, 20, 1 / 0.07),
+             500: (2, 5000, 500.0, 40, 1.0, 20, 10.0)},
+}
+
+
+def test_repblend_recipe_matches_the_authors_commands(paper_grid):
+    name, grid = paper_grid
+    cells = [c for c in plan_cells(grid) if c.method == "repblend"]
+    assert sorted(c.budget for c in cells) == [100, 200, 500, 1000]
+    for cell in cells:
+        p = resolve_cell(grid, cell).params
+        mse, lr, lr_sim, rank, alpha, batch, scale = REPBLEND_COMMANDS[name].get(cell.budget,
+                                                                             REPBLEND_COMMANDS[name][100])
+        assert (p.max_start_epoch, p.lr_img, p.lr_txt, p.lr_sim, p.rank, p.alpha, p.batch_syn) == \
+            (mse, lr, lr, lr_sim, rank, alpha, batch), cell.budget
+        assert p.inner_logit_scale == pytest.approx(scale)
+        assert (p.syn_steps, p.expert_epochs, p.lr_lr, p.syn_lr_init, p.momentum) == (8, 1, 1e-2, 0.1, 0.5)
+        assert (p.iterations, p.loss, p.blend_alpha, p.learn_similarity) == (3000, "wbce", 1.0, True)
+        assert p.merge_sides == (name == "coco") and p.memory == "recompute"
+        assert p.max_start_epoch + p.expert_epochs <= grid.experts.epochs
+
+
+def test_mdm_recipe_matches_the_authors_command(paper_grid):
+    """andyj1/mdm at 93e6efd, sh/distill.sh (the only published command) and distill_mdm.py's
+    defaults; the same at every budget and on both datasets."""
+    _, grid = paper_grid
+    cells = [c for c in plan_cells(grid) if c.method == "mdm"]
+    assert sorted(c.budget for c in cells) == [100, 200, 500, 1000]
+    for cell in cells:
+        p = resolve_cell(grid, cell).params
+        assert (p.iterations, p.batch_syn, p.batch_real, p.lr_img, p.lr_txt) == (3000, 64, 256, 1000, 1000)
+        assert (p.momentum, p.grad_clip, p.w_nce, p.w_agree, p.w_disc) == (0.5, 1.0, 1.0, 0.8, 0.8)
+        assert (p.sigma_agree, p.sigma_disc, p.merge_alpha, p.min_epoch, p.max_epoch) == (0.5, 0.5, 0.5, 1, 10)
+        assert p.logit_scale == pytest.approx(1 / 0.07) and p.same_expert is False
+        assert p.max_epoch <= grid.experts.epochs
 
 
 def test_loading_imports_neither_timm_nor_torchvision():
@@ -120,9 +164,14 @@ def test_cells_have_published_counterparts(paper_grid):
             if name == "flickr30k":
                 assert all(("full-data", "full", m) in published["vl-distill"] for m in METRICS)
             continue
-        if cell.method == "lors":  # LoRS published 100, 200 and 500 pairs
-            found = all((cell.method, str(cell.budget), m) in published["lors"] for m in METRICS)
+        if cell.method in ("lors", "repblend"):  # published at 100, 200 and 500 pairs
+            found = all((cell.method, str(cell.budget), m) in published[cell.method] for m in METRICS)
             assert found == (cell.budget != 1000), cell.id
+            continue
+        if cell.method == "mdm":  # 100, 200 and 500 pairs; the six recalls only for Flickr30K 100 and 500
+            assert ((cell.method, str(cell.budget), "mean") in published["mdm"]) == (cell.budget != 1000), cell.id
+            recalls = all((cell.method, str(cell.budget), m) in published["mdm"] for m in METRICS)
+            assert recalls == (name == "flickr30k" and cell.budget in (100, 500)), cell.id
             continue
         assert all((cell.method, str(cell.budget), m) in published["vl-distill"] for m in METRICS), cell.id
 
@@ -148,8 +197,9 @@ def _write_record(records: Path, grid: GridConfig, cell, kind: str, base: float)
 def test_table_reference_puts_published_numbers_beside_ours(tmp_path, capsys):
     grid = load_grid(CONFIGS["flickr30k"])
     results = tmp_path / "results" / "flickr30k"
-    kinds = {"full": "reference", "random": "coreset", "distill-joint": "distillation", "lors": "distillation"}
-    bases = {"full": 30.0, "random": 1.0, "distill-joint": 7.0, "lors": 9.0}
+    kinds = {"full": "reference", "random": "coreset", "distill-joint": "distillation", "lors": "distillation",
+             "repblend": "distillation", "mdm": "distillation"}
+    bases = {"full": 30.0, "random": 1.0, "distill-joint": 7.0, "lors": 9.0, "repblend": 10.0, "mdm": 8.0}
     cells = [c for c in plan_cells(grid) if c.method in kinds and c.budget in (None, 100)]
     assert {c.method for c in cells} == set(kinds)
     for cell in cells:
@@ -166,6 +216,12 @@ def test_table_reference_puts_published_numbers_beside_ours(tmp_path, capsys):
     assert table.loc[(100, "tr@1"), "lors"] == f"{np.mean([_metrics(9.0, s)['tr@1'] for s in grid.evaluation.seeds]):.1f} \u00b1 0.3"
     assert table.loc[(100, "tr@1"), "lors (paper)"].startswith("11.8")
     assert table.loc[(100, "mean"), "lors (paper)"].startswith("27.4")
+    # RepBlend (NeurIPS 2025) and MDM (CVPR 2026), Flickr30K, 100 pairs, as their repositories show them.
+    assert table.loc[(100, "tr@1"), "repblend (paper)"] == "16.2"
+    assert table.loc[(100, "mean"), "repblend (paper)"] == "33.6"
+    assert table.loc[(100, "ir@1"), "mdm (paper)"] == "8.1" and table.loc[(100, "mean"), "mdm (paper)"] == "26.4"
+    assert {"repblend", "mdm"} <= set(table.attrs["sources"])
+    assert "Representations Blending" in table.attrs["caption"] and "Distribution Matching" in table.attrs["caption"]
 
     # The same through the command line, as the README shows it.
     from bench.commands.cli import main

@@ -34,6 +34,7 @@ from bench.distill.flat_params import ParamLayout
 from bench.distill.unroll import (
     META_GRADIENTS,
     Augment,
+    HeadInputs,
     InnerLoss,
     InnerSteps,
     MemoryMode,
@@ -227,11 +228,12 @@ class TrajectoryMatcher:
 
     ``inner_loss`` (default: symmetric InfoNCE at ``cfg.inner_logit_scale``) is what the
     student minimises in the unrolled steps; ``augment`` (optional) is applied to each batch of
-    images there."""
+    images there; ``head_inputs`` (optional, :class:`bench.distill.unroll.HeadInputs`) maps each
+    step's tower features and text vectors to what the heads get."""
 
     def __init__(self, student: Student, buffer: Trajectories, cfg: MatchingConfig, device: torch.device,
                  inner_loss: InnerLoss | None = None, augment: Augment | None = None,
-                 checkpoint: Path | None = None) -> None:
+                 checkpoint: Path | None = None, head_inputs: HeadInputs | None = None) -> None:
         if cfg.last_epoch + 1 > buffer.epochs:
             raise ValueError(
                 f"max_start_epoch {cfg.max_start_epoch} + expert_epochs {cfg.expert_epochs} exceeds the "
@@ -245,7 +247,7 @@ class TrajectoryMatcher:
         self.layout = ParamLayout.of(student)
         self.dtype = next(iter(student.trainable_parameters().values())).dtype
         self.steps = InnerSteps(self.student, self.layout, inner_loss or contrastive_inner_loss(cfg.inner_logit_scale),
-                                augment, cfg.precision, cfg.merge_sides, cfg.iterate_segment)
+                                augment, cfg.precision, cfg.merge_sides, cfg.iterate_segment, head_inputs)
         self.snapshots = ExpertSnapshots(buffer, self.layout, cfg, device, self.dtype)
 
     # ----------------------------------------------------------------- one iteration

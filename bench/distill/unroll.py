@@ -27,8 +27,9 @@ similarity targets) and the step sizes ``lr``. Two exact ways to get it, same nu
   graph when the backward walk reaches it (about syn_steps/s + s vectors, for one more plain
   step per replayed step; the replay is the same computation, so the result is unchanged).
 
-Everything random inside a step (dropout masks, augmentation) is drawn from that step's own
-seed, so the recomputed step is the step that was taken.
+Everything random inside a step (dropout masks, augmentation, a method's transform of the
+heads' inputs) is drawn from that step's own seed, so the recomputed step is the step that was
+taken.
 """
 
 from __future__ import annotations
@@ -62,6 +63,21 @@ class InnerLoss(Protocol):
 #: Maps a batch of model-input images to augmented ones, differentiably in the images, with
 #: every random choice drawn from the generator.
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+class HeadInputs(Protocol):
+    """A method's transform of what the student's heads get inside every unrolled step.
+
+    ``features`` are the image tower's features of the batch's synthetic images (computed once
+    per iteration with a frozen tower and no augmentation, else inside the step from the
+    (augmented) images with the step's parameters), ``texts`` its text vectors, ``batch`` the
+    indices of its pairs in the synthetic set. Returns the heads' inputs, differentiably in
+    both. Every random choice must come from ``seed`` (the step's; derive a generator of your
+    own from it, e.g. ``numpy.random.default_rng(seed)``): the ``recompute`` mode replays the
+    step and must see the same draws. RepBlend's representation blending is one."""
+
+    def __call__(self, features: torch.Tensor, texts: torch.Tensor, batch: torch.Tensor,
+                 seed: int) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 def contrastive_inner_loss(logit_scale: float) -> InnerLoss:
@@ -117,8 +133,9 @@ class InnerSteps:
 
     def __init__(self, student: Student, layout: ParamLayout, inner_loss: InnerLoss,
                  augment: Augment | None = None, precision: Precision = "fp32", merge_sides: bool = False,
-                 iterate_segment: int | None = None) -> None:
+                 iterate_segment: int | None = None, head_inputs: HeadInputs | None = None) -> None:
         self.student = student
+        self.head_inputs = head_inputs
         self.iterate_segment = iterate_segment
         self.layout = layout
         self.inner_loss = inner_loss
@@ -139,9 +156,13 @@ class InnerSteps:
         images, texts = tensors["images"][batch], tensors["texts"][batch]
         if self.augment is not None:
             images = self.augment(images, torch.Generator().manual_seed(seed))
+        before_heads = None
+        if self.head_inputs is not None:
+            transform = self.head_inputs
+            before_heads = lambda features, vectors: transform(features, vectors, batch, seed)  # noqa: E731
         with self.autocast(theta.device):
             image_emb, text_emb = functional_embed(self.student, self.layout.unflatten(theta), images, texts,
-                                                   from_features=self.from_features)
+                                                   from_features=self.from_features, before_heads=before_heads)
         # The loss in the parameters' precision (autocast may hand back bfloat16 embeddings).
         loss = self.inner_loss(image_emb.to(theta.dtype), text_emb.to(theta.dtype), batch, tensors)
         (grad,) = torch.autograd.grad(loss, theta, create_graph=create_graph)

@@ -7,7 +7,7 @@ definition of what the student computes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -21,6 +21,10 @@ from bench.models.image_encoders import ImageEncoderConfig, build_image_encoder
 
 IMAGE_PREFIXES = ("image_encoder.", "image_projection.")
 TEXT_PREFIXES = ("text_head.",)
+
+#: Maps a batch's (image tower features, text vectors) to the inputs of the two heads, e.g. a
+#: mixup of the batch (RepBlend). It must be differentiable in both.
+BeforeHeads = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -86,10 +90,16 @@ class Student(nn.Module):
     def encode_texts(self, text_emb: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.text_head(text_emb), dim=-1)
 
-    def forward(self, images: torch.Tensor, text_emb: torch.Tensor,
-                from_features: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        image_emb = self.embed_features(images) if from_features else self.encode_images(images)
-        return image_emb, self.encode_texts(text_emb)
+    def forward(self, images: torch.Tensor, text_emb: torch.Tensor, from_features: bool = False,
+                before_heads: BeforeHeads | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised embeddings of a batch. ``before_heads`` sees the tower's features (the
+        ``images`` themselves with ``from_features``) and the text vectors, and returns what
+        the image projection and the text head get instead: the one place between the towers
+        and the heads, so that a method can act there whether or not the tower is frozen."""
+        features = images if from_features else self.image_features(images)
+        if before_heads is not None:
+            features, text_emb = before_heads(features, text_emb)
+        return self.embed_features(features), self.encode_texts(text_emb)
 
     def trainable_parameters(self) -> dict[str, torch.Tensor]:
         return {name: p for name, p in self.named_parameters() if p.requires_grad}
@@ -120,7 +130,8 @@ def tower_features(student: Student, images: torch.Tensor, device: torch.device,
 
 def functional_embed(
     student: Student, params: Mapping[str, torch.Tensor], images: torch.Tensor, text_emb: torch.Tensor,
-    from_features: bool = False,
+    from_features: bool = False, before_heads: BeforeHeads | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The student's forward with ``params`` in place of its own (buffers stay the module's)."""
-    return torch.func.functional_call(student, dict(params), (images, text_emb), {"from_features": from_features})
+    return torch.func.functional_call(student, dict(params), (images, text_emb),
+                                      {"from_features": from_features, "before_heads": before_heads})

@@ -20,9 +20,8 @@ from bench.distill.matching import (
     run_key,
     step_sizes,
 )
-from bench.distill.unroll import InnerLoss
+from bench.distill.unroll import HeadInputs, InnerLoss
 from bench.methods_api import Method, MethodContext, MethodOutput, check_budget
-from bench.models.student import build_student
 from bench.protocol.augment import Augmentation
 
 
@@ -85,10 +84,15 @@ class TrajectoryMatching(Method):
         """The loss of the unrolled steps (None: the matcher's contrastive loss)."""
         return None
 
+    def head_inputs(self) -> HeadInputs | None:
+        """What the heads get in each unrolled step from its tower features and text vectors
+        (None: those themselves)."""
+        return None
+
     def matcher(self, ctx: MethodContext, student, buffer, checkpoint) -> TrajectoryMatcher:  # noqa: ANN001
         augment = None if self.params.augment is None else Augmentation(self.params.augment)
         return TrajectoryMatcher(student, buffer, self.params, ctx.device, inner_loss=self.inner_loss(),
-                                 augment=augment, checkpoint=checkpoint)
+                                 augment=augment, checkpoint=checkpoint, head_inputs=self.head_inputs())
 
     def run(self, ctx: MethodContext, budget: int, seed: int) -> MethodOutput:
         check_budget(budget, ctx.n_pairs)
@@ -97,7 +101,7 @@ class TrajectoryMatching(Method):
         init = np.sort(rng.choice(ctx.n_pairs, size=budget, replace=False))
         real = ctx.real_subset(init)
         # The student module only supplies the architecture: parameters come from the experts.
-        student = build_student(ctx.model_cfg, ctx.data.train.resolution, ctx.data.text_dim, seed)
+        student = ctx.student(seed)
         # The buffer's recipe key does not say how many experts it holds: the checkpoint must.
         key = run_key(self.name, self.version, ctx.data.key, buffer.key, len(buffer), buffer.epochs, self.params,
                       budget, seed, init.tolist())
