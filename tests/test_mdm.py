@@ -48,8 +48,7 @@ def _ctx(env, model: ModelConfig | None = None) -> MethodContext:
     """The context a cell hands a method: the dataset, the grid's model, its experts and proxy."""
     model = model or env.grid.model
     buffer = ensure_experts(env.data, model, env.cfg, env.base, env.grid.cache_dir, CPU)
-    recipe = env.grid.proxy.train_config(env.grid.evaluation.full_train)
-    proxy = compute_proxy(env.data, model, recipe, 0, CPU)
+    proxy = compute_proxy(env.data, model, env.grid.proxy, env.grid.evaluation.full_train, 0, CPU)
     return MethodContext(env.data, model, CPU, Path(env.grid.cache_dir), lambda: proxy, False, lambda: buffer)
 
 
