@@ -147,6 +147,28 @@ def test_a_cell_hash_covers_what_determines_the_cell_and_nothing_else(monkeypatc
     assert changed(base) == {c for c in ref if "distill-joint" in c}
 
 
+def test_a_method_runs_at_its_own_budgets_only():
+    """``budgets`` of a method entry: its cells are those budgets (in the grid's order), the
+    other methods keep every budget, the hashes of the cells it keeps do not change, and its
+    overrides may only name budgets it runs at."""
+    from bench.grid.spec import cell_hash, plan_cells
+
+    data = _budget_grid({}, budgets=(100, 500, 1000))
+    some = {**data, "methods": ["random", {**data["methods"][1], "budgets": [1000, 100]}]}
+    grid, every = from_dict(ExperimentConfig, some), from_dict(ExperimentConfig, data)
+    planned = [(c.method, c.budget) for c in plan_cells(grid)]
+    assert [b for m, b in planned if m == "distill-joint"] == [100, 1000]
+    assert [b for m, b in planned if m == "random"] == [100, 500, 1000]
+    by_id = {c.id: cell_hash(every, c) for c in plan_cells(every)}
+    assert all(by_id[c.id] == cell_hash(grid, c) for c in plan_cells(grid))
+    with pytest.raises(ConfigError, match=r"methods\[1\] \(distill-joint\)\.budgets \[200\]: each must be one of "
+                                          r"the grid's budgets \[100, 500, 1000\]"):
+        from_dict(ExperimentConfig, {**data, "methods": ["random", {**data["methods"][1], "budgets": [200]}]})
+    with pytest.raises(ConfigError, match=r"budget_params\.500: budget 500 is not in budgets \[100\]"):
+        from_dict(ExperimentConfig, {**data, "methods": ["random", {**data["methods"][1], "budgets": [100],
+                                                                    "budget_params": {500: {"lr_img": 1}}}]})
+
+
 def test_budget_params_errors_name_their_path():
     from bench.grid.spec import validate_methods
 

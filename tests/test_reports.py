@@ -281,3 +281,22 @@ def test_records_of_different_recipes_are_not_mixed(tmp_path: Path, capsys: pyte
     assert _run_cli([str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "b.json and" in err and "a.json were made with different recipes" in err
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_every_table_names_its_split_and_selection_rule(tmp_path: Path, split: str,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 20, item 12: val numbers printed as if they were test numbers. The markdown and
+    LaTeX captions and the ``table`` command name the split and the epoch-selection rule."""
+    rec = tmp_path / "res" / "records"
+    for name, method, kind, budget, base in (("full.json", "full", "reference", None, 30.0),
+                                             ("random.json", "random", "coreset", 100, 1.0)):
+        _write(rec, name, {**_record(method, kind, budget, None if budget is None else 0, base), "eval_split": split})
+    table = paper_table(aggregate(load_records(tmp_path / "res")), DATASET)
+    other = {"val": "test", "test": "val"}[split]
+    for fmt in ("markdown", "latex"):
+        text = render(table, fmt)
+        assert f"on the {split} split" in text and f"on the {other} split" not in text
+        assert "final epoch" in text
+    assert _run_cli([str(tmp_path / "res")]) == 0
+    assert f"on the {split} split" in capsys.readouterr().out

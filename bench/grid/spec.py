@@ -142,14 +142,17 @@ class MethodSpec:
 
         {name: distill-joint, params: {lr_img: 1000}, budget_params: {1000: {lr_img: 5000}}}
 
-    Every key must be one of the grid's ``budgets`` and every merged set must be valid for the
+    Every key must be one of the method's budgets and every merged set must be valid for the
     method (checked at load time); a cell's hash covers only its own budget's resolved params.
+    ``budgets`` (default: all of the grid's) runs the method at some of the grid's budgets
+    only, for a method too costly or not meant for the others; its missing cells show "–".
     """
 
     name: str
     params: dict[str, Any] = field(default_factory=dict)
     label: str | None = None
     budget_params: dict[int, dict[str, Any]] = field(default_factory=dict, metadata={"omit_if_default": True})
+    budgets: tuple[int, ...] | None = field(default=None, metadata={"omit_if_default": True})
 
     def __post_init__(self) -> None:
         check_path_name(self.name, "name")
@@ -163,6 +166,10 @@ class MethodSpec:
     @property
     def key(self) -> str:
         return self.label or self.name
+
+    def budgets_of(self, grid_budgets: Sequence[int]) -> tuple[int, ...]:
+        """The grid's budgets this method runs at, in the grid's order."""
+        return tuple(b for b in grid_budgets if self.budgets is None or b in self.budgets)
 
     def params_for(self, budget: int | None) -> dict[str, Any]:
         """The raw (unvalidated) parameters of ``budget``: ``params`` updated by its override."""
@@ -245,11 +252,18 @@ class GridConfig:
         if problem:
             raise ValueError(problem)
         for i, spec in enumerate(self.methods):
-            unknown = sorted(set(spec.budget_params) - set(self.budgets))
+            if spec.budgets is not None:
+                check_unique(spec.budgets, f"methods[{i}] ({spec.key}).budgets")
+                outside = [b for b in spec.budgets if b not in self.budgets]
+                if outside or not spec.budgets:
+                    raise ValueError(f"methods[{i}] ({spec.key}).budgets {list(spec.budgets)}: each must be one of the "
+                                     f"grid's budgets {list(self.budgets)}, and at least one given")
+            runs = spec.budgets_of(self.budgets)
+            unknown = sorted(set(spec.budget_params) - set(runs))
             if unknown:
                 raise ValueError(
                     f"methods[{i}] ({spec.key}).budget_params.{unknown[0]}: budget {unknown[0]} is not in "
-                    f"budgets {list(self.budgets)} (an override for a budget the grid does not run; "
+                    f"budgets {list(runs)} (an override for a budget the method does not run at; "
                     "remove it, or add the budget)")
 
     @property
@@ -287,7 +301,7 @@ def plan_cells(grid: GridConfig) -> list[Cell]:
         if grid.include_full:
             cells.append(Cell(data.name, "full", None, None))
         for method in grid.methods:
-            for budget in grid.budgets:
+            for budget in method.budgets_of(grid.budgets):
                 for seed in grid.method_seeds:
                     cells.append(Cell(data.name, method.key, budget, seed))
     return cells
@@ -361,7 +375,7 @@ def validate_methods(grid: GridConfig) -> None:
     override merged over ``params``), and fit the grid's experts."""
     for i, spec in enumerate(grid.methods):
         where = f"methods[{i}] ({spec.key})"
-        if any(not spec.budget_params.get(b) for b in grid.budgets):  # some budget runs `params` as is
+        if any(not spec.budget_params.get(b) for b in spec.budgets_of(grid.budgets)):  # some budget runs `params` as is
             check_expert_epochs(grid, spec, method_params(spec, where), f"{where}.params")
         for budget in sorted(spec.budget_params):
             check_expert_epochs(grid, spec, method_params(spec, where, budget), f"{where}.budget_params.{budget}")
