@@ -86,6 +86,33 @@ def test_targets_out_of_range_keep_the_losses_bounded():
                                    contrastive_loss(img, txt, 10.0, clipped, kind))
 
 
+def test_unclipped_targets_are_used_as_they_are():
+    """clip=False is LoRS's rule: the InfoNCE weights are the raw targets (negative ones too),
+    unnormalised; the default (clip=True) is the clipped loss, unchanged."""
+    img, txt = _emb()
+    gen = torch.Generator().manual_seed(2)
+    targets = torch.eye(6, dtype=torch.float64) * 1.3 + 0.4 * torch.randn(6, 6, generator=gen, dtype=torch.float64)
+    assert float(targets.min()) < 0 and float(targets.max()) > 1
+    logits = 10.0 * img @ txt.T
+    raw = 0.5 * (-(targets * F.log_softmax(logits, 1)).sum(1).mean() - (targets.T * F.log_softmax(logits.T, 1)).sum(1).mean())
+    unclipped = contrastive_loss(img, txt, 10.0, targets, "infonce", clip=False)
+    assert float(unclipped) == pytest.approx(float(raw), rel=1e-12)
+    clipped = contrastive_loss(img, txt, 10.0, targets, "infonce")
+    assert abs(float(unclipped) - float(clipped)) > 1e-3
+    assert float(contrastive_loss(img, txt, 10.0, targets, "infonce", clip=True)) == float(clipped)
+    w = targets.clamp_min(0)
+    direct = 0.5 * (-(w * F.log_softmax(logits, 1)).sum(1).mean() - (w.T * F.log_softmax(logits.T, 1)).sum(1).mean())
+    assert float(clipped) == float(direct)  # today's formula, bit for bit
+
+    per_pair = -(targets * F.logsigmoid(logits) + (1 - targets) * F.logsigmoid(-logits))
+    pos = targets > 0.5
+    wbce = 0.5 * (per_pair[pos].mean() + per_pair[~pos].mean())
+    assert float(contrastive_loss(img, txt, 10.0, targets, "wbce", clip=False)) == pytest.approx(float(wbce), rel=1e-12)
+    assert float(contrastive_loss(img, txt, 10.0, targets, "wbce", clip=True)) == float(
+        contrastive_loss(img, txt, 10.0, targets, "wbce"))
+    assert abs(float(wbce) - float(contrastive_loss(img, txt, 10.0, targets, "wbce"))) > 1e-3
+
+
 def test_soft_targets_must_fit_the_set():
     with pytest.raises(ValueError, match="soft targets"):
         PairSet.synthetic(torch.zeros(3, 3, 4, 4), torch.zeros(3, 2), SoftTargets(torch.eye(2), "wbce"))
@@ -109,6 +136,18 @@ def test_soft_targets_change_the_trained_student_and_the_identity_does_not():
     for name in hard:
         torch.testing.assert_close(same[name], hard[name], rtol=1e-5, atol=1e-7)
     assert any(not torch.allclose(soft[n], hard[n], atol=1e-4) for n in hard)
+
+
+def test_training_honours_the_clip_flag_of_the_targets():
+    gen = torch.Generator().manual_seed(4)
+    matrix = torch.eye(8) + 0.3 * torch.randn(8, 8, generator=gen)
+    assert float(matrix.min()) < 0 and SoftTargets(matrix, "infonce").clip
+    clipped = _train(SoftTargets(matrix, "infonce"))
+    same = _train(SoftTargets(matrix.clamp_min(0), "infonce"))
+    raw = _train(SoftTargets(matrix, "infonce", clip=False))
+    for name in clipped:
+        torch.testing.assert_close(same[name], clipped[name], rtol=0, atol=0)
+    assert any(not torch.allclose(raw[n], clipped[n], atol=1e-4) for n in clipped)
 
 
 # ----------------------------------------------------------------------------- the method
@@ -197,3 +236,18 @@ def test_the_soft_target_ablation_splits_the_matrix_into_its_parts():
     assert torch.equal(off.diagonal(), torch.ones(5))
     mask = ~torch.eye(5, dtype=torch.bool)
     assert torch.equal(off[mask], matrix[mask])
+
+
+def test_the_uniform_mass_targets_put_mass_m_off_the_diagonal_of_each_row():
+    from benchmarks.ablate_soft_targets import uniform_mass_targets
+
+    targets = uniform_mass_targets(6, [0.0, 0.06, 0.6])
+    mask = ~torch.eye(6, dtype=torch.bool)
+    for mass, matrix in targets.items():
+        assert torch.equal(matrix.diagonal(), torch.ones(6)) and float(matrix.min()) >= 0
+        torch.testing.assert_close((matrix * mask).sum(1), torch.full((6,), mass))
+    assert torch.equal(targets[0.0], torch.eye(6))
+    pattern = (targets[0.6] - torch.eye(6))[mask] / 0.6
+    torch.testing.assert_close((targets[0.06] - torch.eye(6))[mask] / 0.06, pattern)  # one pattern for every M
+    assert torch.equal(uniform_mass_targets(6, [0.3])[0.3], uniform_mass_targets(6, [0.06, 0.3])[0.3])
+    assert not torch.equal(uniform_mass_targets(6, [0.3], seed=1)[0.3], uniform_mass_targets(6, [0.3])[0.3])

@@ -36,10 +36,14 @@ def denormalize_images(images: torch.Tensor) -> torch.Tensor:
 class SoftTargets:
     """Learned similarity targets of a set: ``matrix[i, j]`` is how similar pair i's image
     should be to pair j's text (the identity = the usual hard targets), and the loss that
-    trains against them (``bench.models.losses``: 'infonce' or 'wbce')."""
+    trains against them (``bench.models.losses``: 'infonce' or 'wbce'). ``clip``: the loss
+    clips the targets to their bounded range (the suite's rule, always so for a method's set;
+    set files do not store it); False uses them unclipped, as LoRS's code does, for the
+    ablation in ``benchmarks/ablate_soft_targets.py --unclipped``."""
 
     matrix: torch.Tensor
     loss: Literal["infonce", "wbce"]
+    clip: bool = True
 
     def block(self, batch: torch.Tensor, device: torch.device) -> torch.Tensor:
         """The targets among the pairs of ``batch`` (rows: images, columns: texts)."""

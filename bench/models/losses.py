@@ -18,7 +18,9 @@ A learned similarity matrix is free to leave [0, 1] (LoRS's S = diag + low-rank 
 bound, and its code uses the raw values as weights). We measured what that does here: a
 negative target turns the cross-entropy into a reward for pushing that logit down without
 limit, and students trained on such sets diverged to NaN. Clipping keeps both losses bounded
-below; it changes nothing for targets already in range.
+below; it changes nothing for targets already in range. ``clip=False`` (``SoftTargets.clip``)
+uses the targets as they are, LoRS's own rule, for measuring what the clipping changes
+(``benchmarks/ablate_soft_targets.py --unclipped``); no method trains that way.
 """
 
 from __future__ import annotations
@@ -32,9 +34,12 @@ TargetLoss = Literal["infonce", "wbce"]
 
 
 def contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: float,
-                     targets: torch.Tensor | None = None, kind: TargetLoss = "infonce") -> torch.Tensor:
+                     targets: torch.Tensor | None = None, kind: TargetLoss = "infonce",
+                     clip: bool = True) -> torch.Tensor:
     """The loss of a batch of aligned (image i, text i) pairs; ``targets`` (b, b): soft targets
-    of image i with text j (None: the identity)."""
+    of image i with text j (None: the identity). ``clip``: negative targets count as 0 (and,
+    for 'wbce', targets above 1 as 1); False: the targets are used unclipped, as LoRS's code
+    does (unbounded below when a target is negative)."""
     logits = logit_scale * image_emb @ text_emb.T
     if targets is None and kind == "infonce":
         labels = torch.arange(logits.shape[0], device=logits.device)
@@ -43,12 +48,13 @@ def contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scal
         targets = torch.eye(logits.shape[0], device=logits.device, dtype=logits.dtype)
     targets = targets.to(logits.dtype)
     if kind == "infonce":
-        weights = targets.clamp_min(0.0)
+        weights = targets.clamp_min(0.0) if clip else targets
         rows = -(weights * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
         cols = -(weights.T * F.log_softmax(logits.T, dim=1)).sum(dim=1).mean()
         return 0.5 * (rows + cols)
     if kind == "wbce":
-        targets = targets.clamp(0.0, 1.0)
+        if clip:
+            targets = targets.clamp(0.0, 1.0)
         per_pair = -(targets * F.logsigmoid(logits) + (1 - targets) * F.logsigmoid(-logits))
         positive = (targets > 0.5).to(logits.dtype)
         pos = (per_pair * positive).sum() / positive.sum().clamp_min(1.0)

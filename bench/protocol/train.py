@@ -174,7 +174,8 @@ def train_student(
                 if targets is None:
                     loss = contrastive_loss(image_emb, text_emb, cfg.logit_scale)
                 else:
-                    loss = contrastive_loss(image_emb, text_emb, cfg.logit_scale, targets.block(batch, device), targets.loss)
+                    loss = contrastive_loss(image_emb, text_emb, cfg.logit_scale, targets.block(batch, device),
+                                            targets.loss, clip=targets.clip)
                 if on_batch_end is not None:
                     on_batch_end(batch, (image_emb @ text_emb.T).detach())
                 if not torch.isfinite(loss):
