@@ -240,3 +240,19 @@ def test_mdm_cells_run_to_ok_records(env, model):
     assert rec["proxy_seconds"] is not None and rec["expert_seconds"] is not None  # prepared outside its timing
     assert rec["method_params"]["lr_txt"] == 1.0 and len(rec["method_info"]["loss"]) == 5
     assert get_method("mdm") is Mdm and replace(MdmConfig(), iterations=3).iterations == 3
+
+
+@pytest.mark.parametrize("params, needed", [({"max_epoch": 9}, 9), ({"min_epoch": 6}, 6),
+                                            ({"min_epoch": 5, "same_expert": True}, 6)])
+def test_experts_too_short_for_the_teacher_are_refused_when_the_grid_loads(params, needed):
+    """The grid's load-time check (``Method.expert_epochs_needed``) covers mdm's checkpoints:
+    experts of 5 epochs cannot give epoch 9, nor two epochs of one expert from epoch 5 on."""
+    from bench.core.config import ConfigError, from_dict
+    from bench.grid.spec import GridConfig, validate_methods
+
+    grid = from_dict(GridConfig, {"name": "x", "budgets": [10], "experts": {"epochs": 5},
+                                  "methods": [{"name": "mdm", "params": params}]})
+    with pytest.raises(ConfigError, match=rf"methods\[0\] \(mdm\)\.params: these parameters read {needed} expert "
+                                          r"epochs .* but experts.epochs is 5"):
+        validate_methods(grid)
+    validate_methods(replace(grid, experts=replace(grid.experts, epochs=needed)))  # long enough: accepted

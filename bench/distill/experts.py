@@ -25,6 +25,7 @@ from bench.protocol.augment import AugmentConfig
 from bench.protocol.train import (
     TrainConfig,
     check_contrastive_batch,
+    check_learning_rates,
     check_momentum,
     train_student,
 )
@@ -52,8 +53,7 @@ class ExpertConfig:
             raise ValueError("experts.n_experts and experts.epochs must be positive")
         check_contrastive_batch(self.batch_size)
         check_momentum(self.momentum)
-        if self.lr_image < 0 or self.lr_text < 0:
-            raise ValueError("learning rates must be >= 0")
+        check_learning_rates(self.lr_image, self.lr_text)
 
     def train_config(self, base: TrainConfig) -> TrainConfig:
         """The full-data recipe with this expert schedule; always SGD (the matcher unrolls SGD)."""

@@ -45,6 +45,7 @@ from bench.distill.unroll import (
 )
 from bench.models.student import Student
 from bench.protocol.augment import AugmentConfig
+from bench.protocol.train import check_contrastive_batch, check_momentum
 
 __all__ = ["LearnedTensor", "MatchingConfig", "MatchingState", "TrajectoryMatcher", "math_attention", "run_key"]
 
@@ -124,15 +125,14 @@ class MatchingConfig:
         if self.iterate_segment is not None and (self.iterate_segment < 1 or self.memory != "recompute"):
             raise ValueError(f"iterate_segment must be >= 1 and needs memory: recompute (got {self.iterate_segment} "
                              f"with memory: {self.memory})")
-        if self.batch_syn is not None and self.batch_syn < 2:
-            raise ValueError("batch_syn must be >= 2 (a contrastive batch needs negatives)")
+        if self.batch_syn is not None:
+            check_contrastive_batch(self.batch_syn, "batch_syn")
         if self.syn_lr_init <= 0 or self.checkpoint_every < 0:
             raise ValueError("syn_lr_init must be > 0 and checkpoint_every >= 0")
         for name in ("lr_img", "lr_txt", "lr_lr"):  # a negative rate would ascend the matching loss
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0 holds that tensor fixed), got {getattr(self, name)}")
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        check_momentum(self.momentum)
         if self.max_update is not None and self.max_update <= 0:
             raise ValueError(f"max_update must be > 0 (or null for no trust region), got {self.max_update}")
 

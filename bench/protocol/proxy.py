@@ -23,7 +23,12 @@ from bench.data.datasets import PreparedDataset
 from bench.data.pairs import PairSet
 from bench.models.student import ModelConfig, Student, build_student
 from bench.protocol.embed import embed_pairs
-from bench.protocol.train import TrainConfig, check_contrastive_batch, train_student
+from bench.protocol.train import (
+    TrainConfig,
+    check_contrastive_batch,
+    check_learning_rates,
+    train_student,
+)
 
 
 @dataclass(frozen=True)
@@ -46,8 +51,7 @@ class ProxyConfig:
         if self.epochs < 1:
             raise ValueError(f"epochs must be positive, got {self.epochs}")
         check_contrastive_batch(self.batch_size)
-        if self.lr_image < 0 or self.lr_text < 0:
-            raise ValueError("learning rates must be >= 0")
+        check_learning_rates(self.lr_image, self.lr_text)
         epochs = tuple(self.gallery_epochs)
         if any(not 1 <= e <= self.epochs for e in epochs) or list(epochs) != sorted(set(epochs)):
             raise ValueError(f"gallery_epochs must be increasing epochs between 1 and epochs={self.epochs}, "

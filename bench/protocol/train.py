@@ -25,6 +25,12 @@ def check_contrastive_batch(batch_size: int, key: str = "batch_size") -> None:
         raise ValueError(f"{key} must be >= 2 (a contrastive batch needs at least one negative pair), got {batch_size}")
 
 
+def check_learning_rates(lr_image: float, lr_text: float) -> None:
+    """A negative learning rate would ascend the loss; 0 holds that side fixed."""
+    if lr_image < 0 or lr_text < 0:
+        raise ValueError(f"learning rates must be >= 0, got lr_image {lr_image}, lr_text {lr_text}")
+
+
 def check_momentum(momentum: float, key: str = "momentum") -> None:
     """SGD momentum in [0, 1): at 1 or above, velocities never decay and training diverges."""
     if not 0 <= momentum < 1:
@@ -62,8 +68,9 @@ class TrainConfig:
         if self.epochs < 1:
             raise ValueError(f"epochs must be positive, got {self.epochs}")
         check_contrastive_batch(self.batch_size)
-        if self.lr_image < 0 or self.lr_text < 0 or self.temperature <= 0:
-            raise ValueError("learning rates must be >= 0 and temperature > 0")
+        check_learning_rates(self.lr_image, self.lr_text)
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
         check_momentum(self.momentum)
         if not self.lr_gamma > 0:
             raise ValueError(f"lr_gamma must be > 0, got {self.lr_gamma}")

@@ -42,6 +42,7 @@ from bench.distill.experts import TrajectoryBuffer
 from bench.methods_api import Method, MethodContext, MethodOutput, check_budget
 from bench.models.losses import contrastive_loss
 from bench.models.student import functional_embed, tower_features
+from bench.protocol.train import check_momentum
 from bench.registry import register
 from methods.distill._trajectory import text_drift
 
@@ -88,8 +89,7 @@ class MdmConfig:
         for name in ("lr_img", "lr_txt", "w_nce", "w_agree", "w_disc"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        check_momentum(self.momentum)
         for name in ("logit_scale", "sigma_agree", "sigma_disc"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -226,6 +226,15 @@ class Mdm(Method):
     uses_proxy = True
     uses_experts = True
     version = 1
+
+    @classmethod
+    def expert_epochs_needed(cls, params: MdmConfig) -> int:
+        """The last epoch a teacher checkpoint may come from (``max_epoch``; unset: every
+        recorded one, of which there must be ``min_epoch``, and one more for two epochs of one
+        expert), so the grid refuses too short experts when it loads."""
+        if params.max_epoch is not None:
+            return params.max_epoch
+        return params.min_epoch + (1 if params.same_expert else 0)
 
     def run(self, ctx: MethodContext, budget: int, seed: int) -> MethodOutput:
         cfg: MdmConfig = self.params
