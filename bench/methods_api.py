@@ -134,6 +134,15 @@ class Method(ABC):
     #: Part of every cell's hash when not 1: bump it when a change of the code changes what the
     #: method produces for the same parameters, so that earlier records become stale.
     version: ClassVar[int] = 1
+    #: The space ``search: default`` explores on the data at hand (plain data: parameter -> a
+    #: list of values, or a range ``{low, high, log, int}``; see ``bench/grid/search.py``), and
+    #: per budget the entries that replace or add to it (larger sets may want other ranges).
+    #: Empty: the method has nothing to tune (its one trial is its defaults).
+    default_search: ClassVar[dict[str, Any]] = {}
+    default_budget_search: ClassVar[dict[int, dict[str, Any]]] = {}
+    #: A parameter whose smaller values are prefixes of one longer run (the iterations of an
+    #: optimisation): tuning runs the largest value once and reads the others from snapshots.
+    snapshot_param: ClassVar[str | None] = None
 
     def __init__(self, params: Any) -> None:
         self.params = params

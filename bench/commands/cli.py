@@ -41,6 +41,8 @@ def _load_grid(args: argparse.Namespace):
     from bench.grid.spec import load_grid
     from bench.registry import load_plugins
 
+    # A plugin file is named by its absolute path: Ray workers import it from another directory.
+    args.plugin = [str(Path(p).expanduser().absolute()) if p.endswith(".py") else p for p in args.plugin]
     load_plugins(args.plugin)
     overrides = list(args.set)
     if getattr(args, "ray_address", None):
@@ -74,7 +76,10 @@ def _run(args: argparse.Namespace) -> int:
         console.print(f"{len(run.retired)} record(s) of an older recipe moved to {run.store.root / 'stale'}")
     if run.failed:
         console.print(f"tracebacks: {run.store.root / 'records'}/<cell>.failed.json")
-    return 1 if run.failed else 0
+    lost = run.lost_message()
+    if lost:
+        print(f"error: {lost}", file=sys.stderr)
+    return 1 if run.failed or lost else 0
 
 
 def _methods(args: argparse.Namespace) -> int:

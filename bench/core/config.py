@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import re
 import types
 import typing
@@ -333,3 +334,47 @@ def stable_hash_config(cfg: Any) -> str:
     from bench.core.io import stable_hash
 
     return stable_hash(to_dict(cfg))
+
+
+#: Field metadata of a config field that names a file or directory on disk. Such fields are
+#: made absolute in the driver (:func:`absolute_paths`) so that a worker of a Ray cluster, whose
+#: working directory is not the driver's, reads and writes the same places.
+PATH_FIELD = {"path": True}
+
+#: Prefixes of a path field's value that are names, not places (weights shipped in the package).
+NON_PATH_PREFIXES = ("package:",)
+
+
+def absolute_path(value: str | Path, base: Path) -> str:
+    """``value`` made absolute against ``base`` (``~`` expanded; symlinks kept as written)."""
+    text = str(value)
+    if text.startswith(NON_PATH_PREFIXES):
+        return text
+    path = Path(text).expanduser()
+    return str(path if path.is_absolute() else Path(os.path.normpath(base / path)))
+
+
+def absolute_paths(obj: T, base: Path) -> T:
+    """A copy of config ``obj`` in which every field marked :data:`PATH_FIELD` (in nested
+    configs, tuples and mappings of configs too) is absolute against ``base``."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        changes = {}
+        for f in dataclasses.fields(obj):
+            if not f.init:
+                continue
+            value = getattr(obj, f.name)
+            if f.metadata.get("path") and isinstance(value, (str, Path)):
+                new = absolute_path(value, base)
+                new = Path(new) if isinstance(value, Path) else new
+            else:
+                new = absolute_paths(value, base)
+            if new is not value:
+                changes[f.name] = new
+        return dataclasses.replace(obj, **changes) if changes else obj
+    if isinstance(obj, tuple):
+        items = tuple(absolute_paths(v, base) for v in obj)
+        return obj if all(a is b for a, b in zip(items, obj)) else items  # type: ignore[return-value]
+    if isinstance(obj, dict):
+        items = {k: absolute_paths(v, base) for k, v in obj.items()}
+        return obj if all(items[k] is obj[k] for k in obj) else items  # type: ignore[return-value]
+    return obj

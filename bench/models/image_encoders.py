@@ -16,6 +16,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from bench.core.config import PATH_FIELD
 from bench.data.types import IMAGE_MEAN, IMAGE_STD
 from bench.models.convnet import ConvNet, resolution_problem
 from bench.models.lora import BASE_SEED, LoraConfig, apply_lora, check_missing_weights
@@ -38,7 +39,7 @@ class ImageEncoderConfig:
     name: Literal["convnet", "hf", "timm"] = "convnet"
     width: int = 128
     depth: int = 3
-    path: str | None = None
+    path: str | None = field(default=None, metadata=PATH_FIELD)
     timm_name: str | None = None
     attn_implementation: str = "eager"
     pretrained: bool = True

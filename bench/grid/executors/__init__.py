@@ -19,9 +19,10 @@ class Reporter(Protocol):
     def started(self, name: str) -> None:
         """A job (a cell id, or e.g. ``expert 0 of embedded``) starts."""
 
-    def finished(self, cell: Cell, error: BaseException | None, attempts: int) -> None:
+    def finished(self, cell: Cell, error: BaseException | None, attempts: int, written_to: str | None = None) -> None:
         """A cell ended: ``error`` None when its record is written, else why it failed after
-        ``attempts`` tries (0: never started, because an input it needs failed)."""
+        ``attempts`` tries (0: never started, because an input it needs failed). ``written_to``:
+        where a remote worker says it wrote the record (``host:/path``), for the driver to check."""
 
 
 def timeout_error(limit_s: float) -> TimeoutError:

@@ -46,6 +46,50 @@ def task_slots(runner: RunnerConfig, resources: dict[str, float]) -> tuple[float
     return gpus, max(1, slots)
 
 
+def resource_problem(runner: RunnerConfig, nodes: list[dict[str, float]]) -> str | None:
+    """Why no task of the grid can ever start on a cluster whose nodes have ``nodes`` resources
+    (Ray would queue it for ever, printing autoscaler warnings), with the ``--set`` that fixes
+    it; None when some node fits a task. A task runs on one node, so the largest node counts,
+    not the cluster's total."""
+    if not nodes:
+        return "the Ray cluster has no live node"
+    total_gpus = sum(n.get("GPU", 0) for n in nodes)
+    gpus, _ = task_slots(runner, {"GPU": total_gpus})
+    cpus = runner.cpus_per_task
+    if any(n.get("CPU", 0) >= cpus and n.get("GPU", 0) >= gpus for n in nodes):
+        return None
+    most_cpus = max(n.get("CPU", 0) for n in nodes)
+    most_gpus = max(n.get("GPU", 0) for n in nodes)
+    if cpus > most_cpus:
+        return (f"runner.cpus_per_task is {cpus}, but no node of the Ray cluster has more than {most_cpus:g} CPUs, "
+                f"so no task could ever start; --set runner.cpus_per_task={max(1, int(most_cpus))}")
+    if gpus > most_gpus:
+        fix = f"{most_gpus:g}" if most_gpus else "0"
+        return (f"runner.gpus_per_task is {gpus:g}, but no node of the Ray cluster has more than {most_gpus:g} GPUs, "
+                f"so no task could ever start; --set runner.gpus_per_task={fix}")
+    fitting = max((n.get("CPU", 0) for n in nodes if n.get("GPU", 0) >= gpus), default=0)
+    return (f"runner.cpus_per_task is {cpus} with {gpus:g} GPU(s) per task, but no node has both (the nodes with "
+            f"{gpus:g} GPUs have at most {fitting:g} CPUs); --set runner.cpus_per_task={max(1, int(fitting))}")
+
+
+def local_cluster_problem(runner: RunnerConfig) -> str | None:
+    """:func:`resource_problem` for the local cluster a run without ``ray_address`` starts
+    (one node: this machine's CPUs and GPUs), checked before any data is prepared."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return resource_problem(runner, [{"CPU": float(cpus), "GPU": float(gpus)}])
+
+
+def check_cluster_resources(runner: RunnerConfig) -> None:
+    """The joined (or started) cluster can run the grid's tasks (:func:`resource_problem`)."""
+    import ray
+
+    nodes = [dict(n.get("Resources", {})) for n in ray.nodes() if n.get("Alive")]
+    problem = resource_problem(runner, nodes)
+    if problem:
+        raise RayClusterError(problem)
+
+
 def _worker_setup(threads: int) -> None:
     """What every task sets first: its torch threads, warnings as one line each (once)."""
     torch.set_num_threads(threads)
@@ -53,15 +97,17 @@ def _worker_setup(threads: int) -> None:
 
 
 def _ray_cell(grid_data: dict, cell_data: dict, plugins: list[str], threads: int) -> str:
-    """A cell. A retry of a task whose worker died after writing the record finds it and does
-    not redo (or rewrite) the cell."""
+    """A cell; returns where its record is (``host:/absolute/path``), which the driver checks
+    against its own results directory. A retry of a task whose worker died after writing the
+    record finds it and does not redo (or rewrite) the cell."""
     _worker_setup(threads)
     load_plugins(plugins)
     grid = from_dict(GridConfig, grid_data)
     cell = Cell(**cell_data)
-    if not ResultStore(grid.results_dir).finished(cell, cell_hash(grid, cell)):
+    store = ResultStore(grid.results_dir)
+    if not store.finished(cell, cell_hash(grid, cell)):
         cell_module.execute_cell(grid, cell)
-    return cell.id
+    return f"{socket.gethostname()}:{os.path.abspath(store.record_path(cell))}"
 
 
 def _ray_expert(grid_data: dict, dataset: str, index: int, threads: int) -> str:
@@ -111,7 +157,9 @@ def check_ray_address(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> Non
 
 
 def init_ray(address: str | None) -> None:
-    """Join ``address`` or start a local cluster (once per process)."""
+    """Join ``address`` or start a local cluster (once per process). Without an address Ray
+    would join the last cluster a ``ray start`` left on this machine (``/tmp/ray``), another
+    user's included; ``address="local"`` always starts our own."""
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -124,8 +172,8 @@ def init_ray(address: str | None) -> None:
     if address:
         check_ray_address(address)
         ray.init(address=address, **kwargs)
-    else:
-        ray.init(**kwargs)
+    else:  # a new cluster of our own: never join one that someone started on this machine
+        ray.init(address="local", **kwargs)
 
 
 class _Job:
@@ -179,6 +227,7 @@ def run_ray(grid: GridConfig, todo: list[Cell], reporter: Reporter, plugins: lis
 
     init_ray(grid.runner.ray_address)
     runner = grid.runner
+    check_cluster_resources(runner)  # before any task is sent: one that never fits waits for ever
     gpus, slots = task_slots(runner, ray.cluster_resources())
     # max_retries covers a worker that died (killed, out of memory, node lost) as well as
     # an exception; a retried cell whose record already exists returns at once.
@@ -209,13 +258,14 @@ def run_ray(grid: GridConfig, todo: list[Cell], reporter: Reporter, plugins: lis
             _stop_overdue(ray, in_flight, runner, reporter)
             continue
         job = in_flight.pop(ready[0])
+        written_to = None
         try:
-            ray.get(ready[0])
+            written_to = ray.get(ready[0])
             job.finished = True
         except Exception as exc:  # noqa: BLE001 - the task already used its retries
             job.fail(exc)
         if job.cell is not None:
-            reporter.finished(job.cell, job.error, runner.max_retries + 1)
+            reporter.finished(job.cell, job.error, runner.max_retries + 1, written_to)
 
 
 def _next_deadline(in_flight: dict[Any, _Job], runner: RunnerConfig) -> float | None:
