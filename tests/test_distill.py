@@ -438,6 +438,36 @@ def test_resumed_run_repeats_the_uninterrupted_one(env, tmp_path, monkeypatch):
     assert other.iteration == 1 and other.losses == full.losses[:1] and other.resumes == 0
 
 
+def test_a_snapshot_of_a_longer_run_is_the_shorter_run_finished(env, tmp_path, monkeypatch):
+    """Tuning reads "when to stop" from one run: the state a 6-iteration run snapshots at 4 is
+    bitwise the state of a 4-iteration run, and a run of 4 finds it finished (no iteration)."""
+    short_cfg = MatchingConfig(iterations=4, syn_steps=2, batch_syn=5)
+    learned = _learned(short_cfg, _real(env))
+    short = _matcher(env, short_cfg).run(learned, seed=5, key="k4")
+
+    long_cfg = MatchingConfig(iterations=6, syn_steps=2, batch_syn=5, snapshots=(4,))
+    snapshot = tmp_path / "run-of-4.pt"
+    matcher = _matcher(env, long_cfg, checkpoint=tmp_path / "run-of-6.pt")
+    matcher.keep_at = {4: ("k4", snapshot)}
+    long = matcher.run(learned, seed=5, key="k6")
+    assert long.iteration == 6 and long.losses[:4] == short.losses and snapshot.is_file()
+
+    reader = _matcher(env, short_cfg, checkpoint=snapshot)
+    calls = []
+    monkeypatch.setattr(reader, "meta_gradients", lambda *a: calls.append(a[-1]))
+    found = reader.run(learned, seed=5, key="k4")
+    assert calls == [] and found.iteration == 4 and found.losses == short.losses
+    for name in ("images", "texts", "lrs"):
+        assert torch.equal(found.tensors[name], short.tensors[name]), name
+
+
+def test_snapshots_must_lie_inside_the_run():
+    with pytest.raises(ValueError, match="snapshots"):
+        MatchingConfig(iterations=6, snapshots=(6,))
+    with pytest.raises(ValueError, match="snapshots"):
+        MatchingConfig(iterations=6, snapshots=(0,))
+
+
 def test_a_corrupt_checkpoint_is_named_and_the_run_starts_over(env, tmp_path):
     cfg = MatchingConfig(iterations=2, syn_steps=1, batch_syn=5, checkpoint_every=1)
     path = tmp_path / "ckpt.pt"

@@ -54,15 +54,24 @@ def _load_grid(args: argparse.Namespace):
 
 def _run(args: argparse.Namespace) -> int:
     grid = _load_grid(args)
-    from bench.commands.console import print_grid_results
+    from bench.commands.console import print_grid_results, print_tuning
     from bench.grid.runner import GridRun
     from bench.reports.outputs import write_reports
 
     console = _console()
     start = time.perf_counter()
     run = GridRun(grid, plugins=args.plugin, progress=not args.no_progress)
+    tuned = None
     with run.locked():  # the reports too: a second run must not replace the records they show
+        if grid.tuning is not None:  # phase 1: choose on val; the test split is read only after
+            from bench.grid.tuning import annotate_records, tune_grid
+
+            tuned = tune_grid(grid, args.plugin, progress=not args.no_progress, say=console.print)
+            run.use_grid(tuned.grid)
+            print_tuning(tuned, console)
         run.run()
+        if tuned is not None:
+            annotate_records(tuned, run.store, run.cells)
         wall = time.perf_counter() - start
         results = run.results()
         # Datasets of the grid that ran here before lose their tables and plots (not current).
@@ -79,7 +88,11 @@ def _run(args: argparse.Namespace) -> int:
     lost = run.lost_message()
     if lost:
         print(f"error: {lost}", file=sys.stderr)
-    return 1 if run.failed or lost else 0
+    unchosen = [] if tuned is None else [g for g in tuned.groups if g.chosen is None]
+    for group in unchosen:
+        print(f"error: tuning {group.spec.key} at {group.budget} pairs on {group.dataset}: every trial failed; its test "
+              f"cell was not run (see {run.store.root / 'tuning' / 'records'})", file=sys.stderr)
+    return 1 if run.failed or lost or unchosen else 0
 
 
 def _methods(args: argparse.Namespace) -> int:

@@ -51,3 +51,21 @@ def print_grid_results(results: GridResults, console: Console | None = None) -> 
     for cell_id, reason in results.missing.items():
         colour = "red" if reason.startswith("failed") else "yellow"
         console.print(f"[{colour}]missing[/{colour}] {escape(cell_id)}: {escape(reason)}", soft_wrap=True)
+
+
+def print_tuning(result, console: Console) -> None:  # noqa: ANN001 - bench.grid.tuning.TuningResult
+    """What phase 1 chose: per (dataset, method, budget) the chosen values, their val mean and
+    how many trials ran (and failed)."""
+    if not result.groups:
+        return
+    table = Table(title="tuning on val: the chosen parameters (mean recall on val over the trial's seeds)")
+    for col in ("dataset", "method", "pairs", "trials", "failed", "chosen", "val mean", "cost s"):
+        table.add_column(col, justify="left" if col in ("dataset", "method", "chosen") else "right")
+    for group in result.groups:
+        failed = sum(1 for t in group.trials if t.val_mean is None)
+        chosen = group.chosen
+        values = ", ".join(f"{k}={v}" for k, v in chosen.values.items()) if chosen else "[red]none: every trial failed[/red]"
+        table.add_row(group.dataset, group.spec.key, str(group.budget), str(len(group.trials)), str(failed),
+                      escape(values) if chosen else values,
+                      f"{chosen.val_mean:.2f} ± {chosen.val_std:.2f}" if chosen else "", f"{group.cost_s:.0f}")
+    console.print(table)

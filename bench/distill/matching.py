@@ -115,6 +115,10 @@ class MatchingConfig:
     merge_sides: bool = field(default=False, metadata={"omit_if_default": True})
     text_lr_relative: bool = field(default=False, metadata={"omit_if_default": True})
     text_sphere: bool = field(default=False, metadata={"omit_if_default": True})
+    #: Also keep the state at these iteration counts, each where a run of that many iterations
+    #: keeps its final checkpoint: a later run with ``iterations`` = one of them finds itself
+    #: finished (tuning evaluates "when to stop" from one run). Changes nothing of this run.
+    snapshots: tuple[int, ...] = field(default=(), metadata={"omit_if_default": True})
 
     def __post_init__(self) -> None:
         if min(self.iterations, self.syn_steps, self.expert_epochs, self.max_start_epoch) < 1:
@@ -127,6 +131,9 @@ class MatchingConfig:
                              f"with memory: {self.memory})")
         if self.batch_syn is not None:
             check_contrastive_batch(self.batch_syn, "batch_syn")
+        if any(not 1 <= s < self.iterations for s in self.snapshots):
+            raise ValueError(f"snapshots must be iteration counts in [1, iterations = {self.iterations}), "
+                             f"got {list(self.snapshots)}")
         if self.syn_lr_init <= 0 or self.checkpoint_every < 0:
             raise ValueError("syn_lr_init must be > 0 and checkpoint_every >= 0")
         for name in ("lr_img", "lr_txt", "lr_lr"):  # a negative rate would ascend the matching loss
@@ -233,7 +240,8 @@ class TrajectoryMatcher:
 
     def __init__(self, student: Student, buffer: Trajectories, cfg: MatchingConfig, device: torch.device,
                  inner_loss: InnerLoss | None = None, augment: Augment | None = None,
-                 checkpoint: Path | None = None, head_inputs: HeadInputs | None = None) -> None:
+                 checkpoint: Path | None = None, head_inputs: HeadInputs | None = None,
+                 keep_at: Mapping[int, tuple[str, Path]] | None = None) -> None:
         if cfg.last_epoch + 1 > buffer.epochs:
             raise ValueError(
                 f"max_start_epoch {cfg.max_start_epoch} + expert_epochs {cfg.expert_epochs} exceeds the "
@@ -244,6 +252,8 @@ class TrajectoryMatcher:
         self.cfg = cfg
         self.device = device
         self.checkpoint = checkpoint
+        #: iteration -> (key, path) of the checkpoint a run of that many iterations would finish with
+        self.keep_at = dict(keep_at or {})
         self.layout = ParamLayout.of(student)
         self.dtype = next(iter(student.trainable_parameters().values())).dtype
         self.steps = InnerSteps(self.student, self.layout, inner_loss or contrastive_inner_loss(cfg.inner_logit_scale),
@@ -363,9 +373,12 @@ class TrajectoryMatcher:
                 state.iteration = it + 1
                 lrs = tensors["lrs"]
                 bar.update(task, advance=1, status=f"loss {state.losses[-1]:.4f} lr {lrs[0].item():.3g}/{lrs[1].item():.3g}")
-                if self.cfg.checkpoint_every and state.iteration % self.cfg.checkpoint_every == 0:
+                snapshot = self.keep_at.get(state.iteration)
+                if snapshot is not None or (self.cfg.checkpoint_every and state.iteration % self.cfg.checkpoint_every == 0):
                     self._store(state, tensors, opt, key, started)
                     started = time.perf_counter()
+                if snapshot is not None:
+                    torch_save_atomic(snapshot[1], {"key": snapshot[0], "state": asdict(state)})
         self._store(state, tensors, opt, key, started)
         return state
 

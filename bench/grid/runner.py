@@ -63,6 +63,14 @@ class GridRun:
         self._bar: Any = None
         self._task: Any = None
 
+    def use_grid(self, grid: GridConfig) -> None:
+        """Run ``grid`` instead (same results directory): the grid a tuning phase chose."""
+        if grid.results_dir != self.grid.results_dir:
+            raise ValueError("use_grid keeps the results directory")
+        self.grid = grid
+        self.cells = plan_cells(grid)
+        self.hashes = {c.id: resolve_cell(grid, c).hash for c in self.cells}
+
     def pending(self, retire_stale: bool = False) -> list[Cell]:
         """The cells without a finished record of this recipe (each record read once); the
         others are ``skipped``. A record whose set file is gone or changed is not finished.

@@ -1,12 +1,16 @@
 """Search spaces as data: what a method entry's ``search`` / ``budget_search`` say to try.
 
-A space maps a parameter of the method to a list of values (``lr_img: [100, 1000]``) or a range
-(``{low: 0.001, high: 0.1, log: true}``, ``{low: 1, high: 8, int: true}``). ``search: default``
+A space maps a parameter of the method to a list of values (``lr_img: [100, 1000]``), a range
+(``{low: 0.001, high: 0.1, log: true}``, ``{low: 1, high: 8, int: true}``) or factors of the
+entry's own value (``{times: [0.3, 1, 3]}``: the values around the recipe, which is how the
+declared default spaces carry over from one dataset's recipe to another's). ``search: default``
 takes the method's own declared space (``Method.default_search`` and, per budget,
 ``Method.default_budget_search``); ``budget_search: {B: {...}}`` replaces or adds parameters at
 budget ``B``, as ``budget_params`` does for values. Every space is validated when the grid
 loads: each name is a parameter of the method and every listed value and range end, merged
-over the method's parameters for that budget, is a valid parameter set.
+over the method's parameters for that budget, is a valid parameter set. A method's declared
+space is fitted to the entry instead: values that are invalid with the entry's other
+parameters (a ``min_start_epoch`` not below its ``max_start_epoch``, say) are left out.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from bench.core.config import ConfigError, check_keys, from_dict
+from bench.core.config import ConfigError, check_keys, from_dict, to_dict
 
 if TYPE_CHECKING:
     from bench.grid.spec import MethodSpec
@@ -73,7 +77,21 @@ Dimension = Choice | Range
 Space = dict[str, Dimension]
 
 
-def parse_dimension(value: Any, where: str) -> Dimension:
+def parse_dimension(value: Any, where: str, base: Any = None) -> Dimension:
+    """One parameter's dimension; ``base``: the entry's value of it (for ``times``)."""
+    if isinstance(value, dict) and "times" in value:
+        if set(value) != {"times"} or not isinstance(value["times"], list) or not value["times"]:
+            raise ConfigError(f"{where}: 'times' takes a non-empty list of factors and nothing else")
+        if isinstance(base, bool) or not isinstance(base, (int, float)):
+            raise ConfigError(f"{where}: 'times' needs a numeric value to multiply, the entry's is {base!r}")
+        out: list[Any] = []
+        for factor in value["times"]:
+            if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor > 0:
+                raise ConfigError(f"{where}.times: factors must be positive numbers, got {factor!r}")
+            v = max(1, round(base * factor)) if isinstance(base, int) else float(f"{base * factor:.6g}")
+            if v not in out:
+                out.append(v)
+        return Choice(tuple(out))
     if isinstance(value, list):
         if not value:
             raise ConfigError(f"{where}: an empty list of values (give at least one)")
@@ -107,10 +125,12 @@ def parse_dimension(value: Any, where: str) -> Dimension:
     raise ConfigError(f"{where}: expected a list of values or a range {{low, high, log, int}}, got {value!r}")
 
 
-def parse_space(raw: Any, where: str) -> Space:
+def parse_space(raw: Any, where: str, base: dict[str, Any] | None = None) -> Space:
+    """``base``: the entry's resolved parameters (the values ``times`` multiplies)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping of parameter -> values or range, got {raw!r}")
-    return {str(name): parse_dimension(value, f"{where}.{name}") for name, value in raw.items()}
+    base = base or {}
+    return {str(name): parse_dimension(value, f"{where}.{name}", base.get(name)) for name, value in raw.items()}
 
 
 def declared_space(cls: type[Method], budget: int | None) -> dict[str, Any]:
@@ -144,21 +164,32 @@ def method_space(spec: MethodSpec, cls: type[Method], budget: int | None, where:
     raw = raw_space(spec, cls, budget)
     if raw is None:
         return None
-    origin = "search (the method's default space)" if spec.search == DEFAULT else "search"
+    declared = spec.search == DEFAULT
+    origin = "search (the method's default space)" if declared else "search"
     if budget is not None and budget in spec.budget_search:
         origin += f" / budget_search.{budget}"
-    space = parse_space(raw, f"{where}.{origin}")
-    check_keys(cls.Params, dict.fromkeys(space), f"{where}.{origin}")
     base = spec.params_for(budget)
+    check_keys(cls.Params, {str(k): None for k in raw}, f"{where}.{origin}")
+    resolved = to_dict(from_dict(cls.Params, base, f"{where}.params"))
+    space = parse_space(raw, f"{where}.{origin}", resolved)
+    fitted: Space = {}
     for name, dim in space.items():
         values = dim.values if isinstance(dim, Choice) else (dim.low, dim.high)
+        kept = []
         for value in values:
             try:
                 from_dict(cls.Params, {**base, name: value}, f"{where}.{origin}.{name}")
+                kept.append(value)
             except ConfigError as exc:
-                raise ConfigError(f"{where}.{origin}.{name}: the value {value!r} is not valid here: "
-                                  f"{str(exc).split(': ', 1)[-1]}") from None
-    return space
+                user_written = not declared or (budget is not None and name in spec.budget_search.get(budget, {}))
+                if user_written or isinstance(dim, Range):
+                    raise ConfigError(f"{where}.{origin}.{name}: the value {value!r} is not valid here: "
+                                      f"{str(exc).split(': ', 1)[-1]}") from None
+        if isinstance(dim, Range):
+            fitted[name] = dim
+        elif kept:
+            fitted[name] = Choice(tuple(kept))
+    return fitted
 
 
 def grid_points(space: Space, where: str) -> list[dict[str, Any]]:

@@ -402,6 +402,8 @@ def validate_methods(grid: GridConfig) -> None:
             if not space or not cls.uses_experts:
                 continue
             for name, dim in space.items():  # each value alone; combinations are checked per trial
+                if spec.search == "default" and name not in spec.budget_search.get(budget, {}):
+                    continue  # a declared space is fitted per trial (tuning leaves such trials out)
                 for value in (dim.values if isinstance(dim, Choice) else (dim.low, dim.high)):
                     params = from_dict(cls.Params, {**spec.params_for(budget), name: value})
                     check_expert_epochs(grid, spec, params, f"{where}.search.{name} = {value!r} (at {budget} pairs)")

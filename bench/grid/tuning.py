@@ -114,7 +114,9 @@ class _Proposer:
         self.space = {k: v for k, v in group.space.items() if k != snapshot_param}
         seed = int(stable_hash([tuning.seed, *group.key])[:8], 16)
         self.pending: list[Any] = []
-        if tuning.sampler == "grid":
+        discrete = all(isinstance(d, Choice) for d in self.space.values())
+        if tuning.sampler == "grid" or (tuning.sampler == "random" and discrete):
+            # Random over lists of values = the grid in a seeded random order: no point twice.
             import numpy as np
 
             points = grid_points(self.space, f"{group.spec.key}: search")
@@ -133,6 +135,9 @@ class _Proposer:
 
     @property
     def limit(self) -> int:
+        """Runs to propose: ``trials``, fewer when the space has fewer points (one when empty)."""
+        if not self.space:
+            return 1
         return self.tuning.trials if self.study is not None else min(self.tuning.trials, len(self.points))
 
     def ask(self, n: int) -> list[dict[str, Any]]:
@@ -175,12 +180,14 @@ def _value(dim: Choice | Range, raw: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------- running trials
-def _trials_of_run(group: Group, run: int, values: dict[str, Any], snapshot_param: str | None) -> list[Trial]:
+def _trials_of_run(group: Group, run: int, values: dict[str, Any], snapshot_param: str | None,
+                   expert_epochs: int) -> list[Trial]:
     """The trials of one method run: one, or one per value of the snapshot parameter (the
     largest value leads and snapshots the others)."""
     cls = get_method(group.spec.name)
     base = group.spec.params_for(group.budget)
-    stem = f"{group.spec.key}-b{group.budget}-t{run:02d}"
+    # Named by its values: a point proposed twice (TPE may) is one cell, run once.
+    stem = f"{group.spec.key}-b{group.budget}-{stable_hash(values)[:8]}"
     dim = group.space.get(snapshot_param) if snapshot_param else None
     if not isinstance(dim, Choice) or len(dim.values) < 2:
         trials = [Trial(stem, run, dict(values), {**base, **values})]
@@ -196,9 +203,16 @@ def _trials_of_run(group: Group, run: int, values: dict[str, Any], snapshot_para
                                 params, leader))
     for trial in trials:
         try:
-            from_dict(cls.Params, trial.params)
+            params = from_dict(cls.Params, trial.params)
         except ConfigError as exc:
             trial.problem = f"an invalid combination: {str(exc).split(': ', 1)[-1]}"
+            continue
+        needed = cls.expert_epochs_needed(params) if cls.uses_experts else 0
+        if needed > expert_epochs:
+            trial.problem = f"reads {needed} expert epochs, the experts have {expert_epochs}"
+    if trials[-1].problem and len(trials) > 1:  # without its leader no follower is cheap: each runs itself
+        for trial in trials:
+            trial.leader = True
     return trials
 
 
@@ -226,7 +240,8 @@ def _run_trials(grid: GridConfig, dataset: str, trials: list[tuple[Group, Trial]
     runnable = [(g, t) for g, t in trials if t.problem is None]
     if not runnable:
         return
-    sub = trial_grid(grid, dataset, runnable, split, results_dir)
+    unique = list({t.label: (g, t) for g, t in runnable}.values())  # a point proposed twice runs once
+    sub = trial_grid(grid, dataset, unique, split, results_dir)
     GridRun(sub, plugins=plugins, progress=progress).run()
     store = ResultStore(results_dir)
     seed = sub.method_seeds[0]
@@ -292,7 +307,7 @@ def tune_grid(grid: GridConfig, plugins: list[str] | None = None, progress: bool
             snapshot_param = get_method(group.spec.name).snapshot_param
             for values in asked[group.key]:
                 run = len({t.run for t in group.trials})
-                for trial in _trials_of_run(group, run, values, snapshot_param):
+                for trial in _trials_of_run(group, run, values, snapshot_param, grid.experts.epochs):
                     group.trials.append(trial)
                     fresh.append((group, trial))
         say(f"tuning: round {round_no}: {len(fresh)} trial cell(s) of {len(groups)} (dataset, method, budget) "

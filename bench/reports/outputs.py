@@ -67,7 +67,8 @@ def write_reports(results_dir: str | Path, datasets: list[str], results: GridRes
         if records:
             write("", render_tables(records, dataset, results.missing))
             agg = aggregate(records)
-            if has_curves(records):
+            # Selection reads test points of the curves: a grid evaluated on val (a tuning grid) has none.
+            if has_curves(records) and all(r.eval_split in (None, "test") for r in records):
                 aggs = {rule: aggregate(records, rule) for rule in ("final", "val", "test")}
                 write("_selection", [selection_table(aggs, dataset, s, p) for s, p in blocks(agg, dataset)
                                      if s == "source"])

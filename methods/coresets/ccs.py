@@ -98,6 +98,9 @@ def select(difficulty: np.ndarray, budget: int, rng: np.random.Generator, beta: 
 class CcsCoreset(CoresetMethod):
     Params = CcsParams
     uses_proxy = True
+    # The pruning fraction decides most (beta 0.3 on the embedded set, 0.0 on a real set's
+    # val); the score and the strata after it.
+    default_search = {"beta": [0.0, 0.1, 0.2, 0.3, 0.5], "score": ["forgetting", "el2n"], "strata": [10, 50]}
 
     def choose(self, ctx: MethodContext, budget: int, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
         p, proxy = self.params, ctx.proxy()

@@ -78,6 +78,8 @@ def select(clip_scores: np.ndarray, budget: int, rng: np.random.Generator,
 class ClipScoreCoreset(CoresetMethod):
     Params = ClipScoreParams
     uses_proxy = True
+    # How many captions of one image may enter (2 on the embedded set; no cap is the plain rule).
+    default_search = {"max_per_image": [1, 2, 3, None]}
 
     def choose(self, ctx: MethodContext, budget: int, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
         image, text = ctx.proxy().embeddings()

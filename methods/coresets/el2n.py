@@ -106,6 +106,8 @@ def select(el2n_scores: np.ndarray, budget: int, rng: np.random.Generator,
 class El2nCoreset(CoresetMethod):
     Params = El2nParams
     uses_proxy = True
+    # Which end of the score to keep: the hardest pairs help large sets, the easiest small ones.
+    default_search = {"keep": ["highest", "lowest"]}
 
     def choose(self, ctx: MethodContext, budget: int, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
         rows = ctx.proxy().gallery_rows()

@@ -180,6 +180,8 @@ def select(features: np.ndarray, budget: int, rng: np.random.Generator, neighbou
 class FacilityLocationCoreset(CoresetMethod):
     Params = FacilityLocationParams
     uses_proxy = True
+    # The similarity graph's degree: how local "represented" is (50 on the embedded set).
+    default_search = {"neighbours": [5, 10, 20, 50]}
 
     def choose(self, ctx: MethodContext, budget: int, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
         graph = knn_graph(proxy_rows(ctx, ctx.proxy_features(), "features"), self.params.neighbours, rng,

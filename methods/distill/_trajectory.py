@@ -4,6 +4,8 @@ images / texts they learn, so each variant module is a two-line subclass of this
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -68,6 +70,16 @@ class TrajectoryMatching(Method):
     Params = MatchingConfig
     uses_experts = True
     version = 2  # 2: flat-parameter matcher, per-step seeds for dropout (other draws than version 1)
+    snapshot_param = "iterations"
+    # Around the entry's recipe: learning rates a factor of ~3 either way (docs/recipes.md: the
+    # embedded searches moved lr_img and lr_txt by 3-10x between budgets), and when to stop
+    # (half to twice the iterations: free, read from one run's snapshots). Larger sets may
+    # want later expert segments (DATM, ICLR 2024), so 500 and 1000 pairs search the start
+    # epochs too; values the entry's experts cannot serve are left out per trial.
+    default_search: ClassVar[dict] = {"iterations": {"times": [0.5, 1, 2]}, "lr_img": {"times": [0.3, 1, 3]},
+                                      "lr_txt": {"times": [0.3, 1, 3]}}
+    default_budget_search: ClassVar[dict] = {
+        b: {"min_start_epoch": [0, 1, 2], "max_start_epoch": {"times": [1, 1.5, 2]}} for b in (500, 1000)}
     learn_images: ClassVar[bool]
     learn_texts: ClassVar[bool]
 
@@ -102,13 +114,22 @@ class TrajectoryMatching(Method):
         real = ctx.real_subset(init)
         # The student module only supplies the architecture: parameters come from the experts.
         student = ctx.student(seed)
-        # The buffer's recipe key does not say how many experts it holds: the checkpoint must.
-        key = run_key(self.name, self.version, ctx.data.key, buffer.key, len(buffer), buffer.epochs, self.params,
-                      budget, seed, init.tolist())
-        checkpoint = ctx.cache_dir / "distill" / f"{ctx.data.name}-{self.name}-{key}.pt"
+        def place(iterations: int) -> tuple[str, Path]:
+            """The key and checkpoint file of this run stopped at ``iterations``: what a run of
+            that many iterations finishes with (how often it checkpoints, and which snapshots
+            it keeps, change nothing of the result). The buffer's recipe key does not say how
+            many experts it holds: the checkpoint must."""
+            params = replace(self.params, iterations=iterations, snapshots=(), checkpoint_every=0)
+            key = run_key(self.name, self.version, ctx.data.key, buffer.key, len(buffer), buffer.epochs, params,
+                          budget, seed, init.tolist())
+            return key, ctx.cache_dir / "distill" / f"{ctx.data.name}-{self.name}-{key}.pt"
+
+        key, checkpoint = place(self.params.iterations)
         text_scale = float(ctx.data.text_emb["train"].float().square().sum(dim=1).mean())
         learned = self.learned(real, text_scale, seed)
-        state = self.matcher(ctx, student, buffer, checkpoint).run(learned, seed, key, progress=ctx.progress)
+        matcher = self.matcher(ctx, student, buffer, checkpoint)
+        matcher.keep_at = {k: place(k) for k in self.params.snapshots}
+        state = matcher.run(learned, seed, key, progress=ctx.progress)
         return self.output(state, init, buffer, ctx.data.text_emb["train"])
 
     def output(self, state: MatchingState, init: np.ndarray, buffer, real_texts: torch.Tensor  # noqa: ANN001

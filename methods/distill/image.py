@@ -8,3 +8,4 @@ from methods.distill._trajectory import TrajectoryMatching
 class DistillImage(TrajectoryMatching):
     learn_images = True
     learn_texts = False
+    default_search = {k: v for k, v in TrajectoryMatching.default_search.items() if k != "lr_txt"}

@@ -73,6 +73,9 @@ class Lors(TrajectoryMatching):
     version = 3  # 3: soft targets clipped (negative weights count as 0; wbce targets in [0, 1])
     learn_images = True
     learn_texts = True
+    # Trajectory matching's space plus the soft targets' weight (alpha moved 0.01-1 between
+    # budgets on the embedded set, docs/recipes.md) and their learning rate.
+    default_search = {**TrajectoryMatching.default_search, "alpha": [0.01, 0.1, 1.0], "lr_sim": {"times": [0.3, 1, 3]}}
 
     def learned(self, real: PairSet, text_scale: float = 1.0, seed: int = 0) -> dict[str, LearnedTensor]:
         cfg: LorsConfig = self.params

@@ -226,6 +226,10 @@ class Mdm(Method):
     uses_proxy = True
     uses_experts = True
     version = 1
+    # Around the entry's recipe: iterations (the embedded search chose 50 at 100 pairs and
+    # 150 at 500, docs/recipes.md) and both learning rates a factor of ~3 either way.
+    default_search = {"iterations": {"times": [0.5, 1, 2, 3]}, "lr_img": {"times": [0.3, 1, 3]},
+                      "lr_txt": {"times": [0.3, 1, 3]}}
 
     @classmethod
     def expert_epochs_needed(cls, params: MdmConfig) -> int:

@@ -24,6 +24,7 @@ import torch
 
 from bench.distill.unroll import HeadInputs
 from bench.registry import register
+from methods.distill._trajectory import TrajectoryMatching
 from methods.distill.lors import Lors, LorsConfig
 
 
@@ -72,6 +73,9 @@ def representation_blending(alpha: float) -> HeadInputs:
 class RepBlend(Lors):
     Params = RepBlendConfig
     version = 1
+    # Trajectory matching's space plus the mixup's Beta parameter (1 and 2 were chosen on the
+    # embedded set's val at different budgets, docs/recipes.md).
+    default_search = {**TrajectoryMatching.default_search, "blend_alpha": [0.5, 1.0, 2.0]}
 
     def head_inputs(self) -> HeadInputs | None:
         alpha = self.params.blend_alpha

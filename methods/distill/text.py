@@ -8,3 +8,4 @@ from methods.distill._trajectory import TrajectoryMatching
 class DistillText(TrajectoryMatching):
     learn_images = False
     learn_texts = True
+    default_search = {k: v for k, v in TrajectoryMatching.default_search.items() if k != "lr_img"}
