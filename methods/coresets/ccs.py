@@ -14,7 +14,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from bench.data.datasets import PreparedDataset
 from bench.methods_api import MethodContext
+from bench.protocol.proxy import ProxyConfig
 from bench.registry import register
 from methods.coresets import el2n, forgetting
 from methods.coresets._common import (
@@ -98,6 +100,21 @@ def select(difficulty: np.ndarray, budget: int, rng: np.random.Generator, beta: 
 class CcsCoreset(CoresetMethod):
     Params = CcsParams
     uses_proxy = True
+
+    @classmethod
+    def proxy_problem(cls, params: CcsParams, proxy: ProxyConfig) -> str | None:
+        if params.score != "el2n":
+            return None
+        return el2n.gallery_problem(params.el2n_epochs, tuple(proxy.gallery_epochs), "el2n_epochs")
+
+    @classmethod
+    def budget_problem(cls, params: CcsParams, budget: int, data: PreparedDataset) -> str | None:
+        n = data.train.n_captions
+        left = n - int(np.floor(params.beta * n))
+        if budget > left:
+            return (f"budget {budget} is more than the {left} pairs left after pruning the hardest beta={params.beta} "
+                    f"of {n}; lower beta or the budget")
+        return None
 
     def choose(self, ctx: MethodContext, budget: int, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
         p, proxy = self.params, ctx.proxy()
