@@ -338,3 +338,30 @@ def test_a_lock_that_is_a_directory_is_named_as_such(tmp_path):
     assert str(err.value) == (f"results_dir {tmp_path} cannot be locked: {tmp_path / '.lock'} is a directory, not the "
                               f"lock file a run writes; remove it (rm -r {tmp_path / '.lock'}) and rerun")
     assert (tmp_path / ".lock").is_dir()
+
+
+# ----------------------------------------------------------------------------- also seen: parameters beyond the data
+
+
+def test_a_lors_rank_above_the_budget_is_refused():
+    from methods.distill.lors import Lors, LorsConfig
+
+    assert Lors.budget_problem(LorsConfig(rank=50), 10, None) == (
+        "rank 50 is more than the budget 10 (the learned similarity is 10 x 10); lower rank, for this budget "
+        "through budget_params")
+    assert Lors.budget_problem(LorsConfig(rank=10), 10, None) is None
+
+
+def test_sizes_beyond_the_data_are_clamped_with_a_warning():
+    import numpy as np
+
+    from methods.coresets import ccs, facility_location
+    from methods.distill.mdm import MdmConfig, warn_clamped
+
+    features = np.random.default_rng(0).normal(size=(60, 8))
+    with pytest.warns(UserWarning, match=r"^facility-location: neighbours 1000 is more than the 60 pairs; using 60$"):
+        facility_location.knn_graph(features, 1000, np.random.default_rng(0), "exact")
+    with pytest.warns(UserWarning, match=r"^ccs: strata 1000 is more than the 54 pairs left after pruning"):
+        assert len(ccs.select(features[:, 0], 5, np.random.default_rng(0), beta=0.1, k=1000)) == 5
+    with pytest.warns(UserWarning, match=r"^mdm: batch_real 100000 is more than the 60 training pairs; using 60$"):
+        warn_clamped(MdmConfig(batch_real=100000), 60, 100)

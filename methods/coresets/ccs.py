@@ -9,6 +9,7 @@ each getting its share of what is left), drawing uniformly at random within each
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -90,6 +91,9 @@ def select(difficulty: np.ndarray, budget: int, rng: np.random.Generator, beta: 
     if budget > len(kept):
         raise ValueError(f"budget {budget} is more than the {len(kept)} pairs left after pruning the hardest "
                          f"beta={beta} of {n}")
+    if k > len(kept):  # kept as given (equal-width strata, many empty), said once
+        warnings.warn(f"ccs: strata {k} is more than the {len(kept)} pairs left after pruning; at most {len(kept)} "
+                      "strata hold a pair and the budget is spread over those", stacklevel=2)
     labels = strata(np.asarray(difficulty)[kept], k)
     counts = allocate(np.bincount(labels, minlength=k), budget)
     picks = [rng.choice(kept[labels == s], size=int(c), replace=False) for s, c in enumerate(counts) if c]
