@@ -24,7 +24,7 @@ from bench.models.student import ModelConfig, Student, build_student
 
 if TYPE_CHECKING:  # real types for plugin authors, without importing training code here
     from bench.distill.experts import TrajectoryBuffer
-    from bench.protocol.proxy import ProxyRun
+    from bench.protocol.proxy import ProxyConfig, ProxyRun
 
 MethodKind = Literal["coreset", "distillation", "reference"]
 
@@ -153,6 +153,22 @@ class Method(ABC):
         ``uses_experts`` overrides this): the grid refuses, when it loads, an ``experts.epochs``
         below it, instead of every cell failing after the experts were trained."""
         return 0
+
+    @classmethod
+    def proxy_problem(cls, params: Any, proxy: ProxyConfig) -> str | None:
+        """Why ``run`` with ``params`` cannot read what the grid's proxy records (e.g. a
+        gallery epoch missing from ``proxy.gallery_epochs``), or None. A method with
+        ``uses_proxy`` overrides this: the grid refuses such parameters when it loads, instead
+        of every cell failing after its proxy trained."""
+        return None
+
+    @classmethod
+    def budget_problem(cls, params: Any, budget: int, data: PreparedDataset) -> str | None:
+        """Why ``run`` with ``params`` cannot return ``budget`` pairs from ``data`` (beyond
+        ``budget`` <= the training pairs, checked for every method), or None: checked in the
+        driver once every dataset is prepared, before any cell runs (e.g. a per-image cap that
+        leaves fewer pairs than the budget)."""
+        return None
 
     @abstractmethod
     def run(self, ctx: MethodContext, budget: int, seed: int) -> MethodOutput:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from bench.core.io import SHARED_TEMP_MAX_AGE_S, TEMP_GLOB, remove_stale_temp_files
+from bench.core.io import SHARED_TEMP_MAX_AGE_S, TEMP_GLOB, UnusableDirectoryError, remove_stale_temp_files
 from bench.data.datasets import DatasetConfig, dataset_key
 from bench.data.embedded import SPLITS, embedded_captions, embedded_content_key
 from bench.data.image_cache import entry_paths
@@ -180,8 +180,13 @@ def _expert_index(path: Path) -> int:
 
 
 def inventory(grid: GridConfig) -> list[CacheEntry]:
-    """Every entry of the grid's ``cache_dir``, whether the grid references it, and its size."""
+    """Every entry of the grid's ``cache_dir``, whether the grid references it, and its size.
+    A ``cache_dir`` that is missing or a file is an :class:`UnusableDirectoryError` (an empty
+    listing would read as "nothing cached" when the path is mistyped)."""
     cache = Path(grid.cache_dir)
+    if not cache.is_dir():
+        what = "is a file, not a directory" if cache.exists() else "does not exist (nothing was cached there)"
+        raise UnusableDirectoryError(f"cache_dir {cache} {what}; check cache_dir in the config or --set cache_dir=...")
     paths, prefixes = referenced(grid)
     known = [d.name for d in grid.datasets]
     entries = []

@@ -44,12 +44,21 @@ def _load_grid(args: argparse.Namespace):
     # A plugin file is named by its absolute path: Ray workers import it from another directory.
     args.plugin = [str(Path(p).expanduser().absolute()) if p.endswith(".py") else p for p in args.plugin]
     load_plugins(args.plugin)
-    overrides = list(args.set)
+    return load_grid(args.config, list(args.set), raw=raw, flags=_option_flags(args))
+
+
+def _option_flags(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """``--ray-address`` and ``--executor`` as labelled overrides of :func:`bench.grid.spec.load_grid`:
+    an error they cause names the option typed, not a ``--set`` the user never wrote. The
+    value goes in as a JSON string (valid YAML), so it is never read as another type."""
+    import json
+
+    flags = []
     if getattr(args, "ray_address", None):
-        overrides.append(f"runner.ray_address={args.ray_address}")
+        flags.append((f"--ray-address {args.ray_address!r}", f"runner.ray_address={json.dumps(args.ray_address)}"))
     if getattr(args, "executor", None):
-        overrides.append(f"runner.executor={args.executor}")
-    return load_grid(args.config, overrides, raw=raw)
+        flags.append((f"--executor {args.executor!r}", f"runner.executor={json.dumps(args.executor)}"))
+    return flags
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -17,8 +17,9 @@ def add_table_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--format", choices=("markdown", "latex", "csv"), default="markdown", help="table format")
     parser.add_argument("--reference", metavar="FILE|paper",
                         help="published numbers to show beside ours: a CSV in long format, or 'paper' for the bundled one")
-    parser.add_argument("--source", default="vl-distill",
-                        help="preferred source when several papers publish a number (default: vl-distill)")
+    parser.add_argument("--source", default=None,
+                        help="preferred source when several papers publish a number (with --reference; "
+                             "default: vl-distill)")
     parser.add_argument("--dataset", help="only this dataset (default: every dataset in the records)")
     parser.add_argument("--select", choices=("final", "val", "test"), default="final",
                         help="which epoch of each evaluation run to report: the last (default), the one with the "
@@ -41,7 +42,9 @@ def _grid_records(results_dir: str) -> tuple[list, dict[str, str]]:
 
     With ``grid.json`` (written by every run): exactly the records of the grid last run there
     whose hash matches it; the rest are counted in a note on stderr. Without it (results of an
-    older version, or a bare records directory): every record, refused if they mix recipes."""
+    older version, or a bare records directory): every record, refused if they mix recipes.
+    Either way a record counts only while its set file has the size and sha256 it gives (the
+    rule a run applies before skipping a cell)."""
     from bench.grid.store import ResultStore
     from bench.reports.records import check_one_recipe, load_records
 
@@ -51,9 +54,13 @@ def _grid_records(results_dir: str) -> tuple[list, dict[str, str]]:
     store = ResultStore(root)
     manifest = store.read_manifest() if root.is_dir() else None
     if manifest is None:
-        records = load_records(root)
+        # A set file's path is relative to the results directory (the parent of a bare records/).
+        base = root.parent if root.name == "records" and not (root / "records").is_dir() else root
+        records, missing = ResultStore(base).with_sets(load_records(root))
         check_one_recipe(records)
-        return records, {}
+        if missing:
+            print(f"note: missing: {'; '.join(f'{c} ({why})' for c, why in missing.items())}", file=sys.stderr)
+        return records, missing
     results = store.grid_results(manifest.cells)
     if results.ignored:
         print(f"note: {results.ignored} record(s) in {root / 'records'} belong to no cell of grid "
@@ -71,7 +78,7 @@ def table_command(args: argparse.Namespace) -> int:
     from bench.core.io import write_text_atomic
     from bench.reports.outputs import render_tables
     from bench.reports.records import aggregate
-    from bench.reports.tables import load_reference, render
+    from bench.reports.tables import check_source, load_reference, render
 
     def fail(message: str) -> int:
         print(f"error: {message}", file=sys.stderr)
@@ -82,13 +89,19 @@ def table_command(args: argparse.Namespace) -> int:
         return fail(f"no finished result records in {args.results_dir} (looked for records/*.json)")
     agg = aggregate(records)
     reference = load_reference(args.reference) if args.reference else None
+    if args.source is not None and reference is None:
+        return fail(f"--source {args.source!r} chooses among the published numbers of --reference; "
+                    "give --reference FILE or --reference paper too")
+    if args.source is not None:
+        check_source(reference, args.source, args.reference)
+    source = args.source or "vl-distill"
     datasets = sorted(agg["dataset"].unique())
     if args.dataset:
         if args.dataset not in datasets:
             return fail(f"no records for dataset {args.dataset!r}; have {', '.join(datasets)}")
         datasets = [args.dataset]
     by_dataset = {d: render_tables([r for r in records if r.dataset == d], d, missing, args.select, reference,
-                                   args.source) for d in datasets}
+                                   source) for d in datasets}
     tables = [t for d in datasets for t in by_dataset[d]]
     if args.format == "csv" and len(tables) > 1:  # one CSV: dataset, student and protocol become index levels
         keys = [(d, t.attrs["student"], t.attrs["protocol"]) for d in datasets for t in by_dataset[d]]

@@ -10,7 +10,8 @@ tuning records never mix with the benchmark's own). Cells run on the config's ex
 in parallel) and are skipped when already finished, so a search can be extended. It prints
 the combinations ranked by mean val recall (the mean of the six recalls, mean ± std over the
 evaluation seeds) and the ``budget_params`` entry of the winner, to paste into the config with
-a comment on how it was chosen; ``summary.json`` beside the records holds the same.
+a comment on how it was chosen; ``summary.json`` beside the records holds the same. The exit
+status is 1 when a budget has no finished trial (every trial failed: nothing to rank).
 """
 
 from __future__ import annotations
@@ -149,24 +150,26 @@ def rank(records: list[CellRecord], found: list[Trial]) -> list[dict[str, Any]]:
 
 
 def run_tune(args: argparse.Namespace) -> int:
-    raw = apply_overrides(load_yaml(args.config), list(args.set))  # config errors before the heavy imports
+    file_raw = load_yaml(args.config)
+    raw = apply_overrides(copy.deepcopy(file_raw), list(args.set))  # config errors before the heavy imports
     space = parse_space(args.space)
     from rich.console import Console
     from rich.table import Table
 
     from bench.grid.runner import GridRun
-    from bench.grid.spec import build_grid
+    from bench.grid.spec import build_blamed, build_grid, set_sources
     from bench.registry import load_plugins
 
     console = Console()
     load_plugins(args.plugin)
     summary: dict[str, Any] = {"config": str(args.config), "method": args.method, "split": SPLIT, "budgets": {}}
+    no_winner: list[int] = []
     for budget in args.budget:
-        data, found = tuning_data(raw, args.method, budget, space, args.method_seeds)
+        _, found = tuning_data(raw, args.method, budget, space, args.method_seeds)
         check_trials(_find_method(raw, args.method), budget, found, args.space)
-        if args.executor:
-            data.setdefault("runner", {})["executor"] = args.executor
-        grid = build_grid(data)
+        # Its errors name the config file or the --set that brought the bad value in, as a run's do.
+        grid = build_blamed(file_raw, set_sources(args.set), args.config,
+                            lambda merged, b=budget: build_grid(tuning_grid_data(merged, args, space, b)))
         console.print(f"tuning {args.method} at {budget} pairs: {len(found)} combinations, evaluated on the "
                       f"[bold]{SPLIT}[/bold] split (evaluation.split forced to {SPLIT}; the test split is not read); "
                       f"records in {grid.results_dir}")
@@ -182,7 +185,11 @@ def run_tune(args: argparse.Namespace) -> int:
         console.print(table)
         if run.failed:
             console.print(f"[red]{len(run.failed)} trial(s) failed[/red]: see {grid.results_dir}/records/*.failed.json")
-        if ranked:
+        if not ranked:
+            no_winner.append(budget)
+            console.print(f"[red]no trial finished at {budget} pairs[/red]: nothing to rank (see "
+                          f"{grid.results_dir}/records/*.failed.json)")
+        else:
             best = ranked[0]
             snippet = yaml.safe_dump({"budget_params": {budget: best["values"]}}, default_flow_style=None).strip()
             console.print(f"best on {SPLIT}: {best['label']} {best['values']} -> {best['mean']:.2f} ± {best['std']:.2f}\n"
@@ -191,7 +198,16 @@ def run_tune(args: argparse.Namespace) -> int:
         write_json_atomic(Path(grid.results_dir) / "summary.json", {**summary, "budget": budget, "ranked": ranked})
     if args.summary:
         write_json_atomic(args.summary, summary)
-    return 0
+    return 1 if no_winner else 0  # a search without a winner is no result to paste into a config
+
+
+def tuning_grid_data(raw: dict[str, Any], args: argparse.Namespace, space: dict[str, list[Any]],
+                     budget: int) -> dict[str, Any]:
+    """The raw grid of one budget's search (:func:`tuning_data`), on ``--executor`` when given."""
+    data, _ = tuning_data(raw, args.method, budget, space, args.method_seeds)
+    if args.executor:
+        data.setdefault("runner", {})["executor"] = args.executor
+    return data
 
 
 def add_tune_arguments(parser: argparse.ArgumentParser, default_config: str) -> None:

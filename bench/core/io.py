@@ -22,6 +22,7 @@ import re
 import secrets
 import shutil
 import socket
+import stat
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -81,8 +82,10 @@ def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
     replaces it (safetensors writes a new file of mode 0600). A write that fails because the
     disk is full raises :class:`DiskFullError`, one the filesystem refuses (a directory in the
     way, a parent that is a file, no permission, read-only) :class:`UnwritableFileError`; both
-    name ``final``, whatever the writer raised."""
-    final = Path(final)
+    name ``final``, whatever the writer raised. A symbolic link is written through (the file it
+    names is replaced, the link stays); a destination that is no regular file (a FIFO, a
+    device) is refused (:func:`write_destination`)."""
+    final = write_destination(final)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -114,6 +117,39 @@ def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def file_kind(mode: int) -> str:
+    """What a file of ``st_mode`` ``mode`` is, in words ("a directory", "a named pipe (FIFO)", ...)."""
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a device"),
+             (stat.S_ISBLK, "a device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symbolic link"))
+    return next((words for test, words in kinds if test(mode)), "not a regular file")
+
+
+def write_destination(final: str | os.PathLike[str]) -> Path:
+    """The path an atomic write of ``final`` renames onto: the file a symbolic link points to
+    (so the link stays a link and the file it names is the one written), else ``final``.
+
+    A destination that exists and is no regular file (a directory, a FIFO, a device such as
+    ``/dev/full``, a socket) is refused with :class:`UnwritableFileError`: renaming a new file
+    over it would silently replace the pipe or the device node with a regular file."""
+    given = Path(final)
+    target = Path(os.path.realpath(given)) if given.is_symlink() else given
+    try:
+        mode = os.stat(target).st_mode
+    except FileNotFoundError:  # a new name (or a dangling link: its target is created)
+        return target
+    except OSError as exc:  # a parent that is a file, a symlink loop, ...: named when the write fails
+        if exc.errno == errno.ELOOP:
+            raise UnwritableFileError(f"cannot write {given}: too many levels of symbolic links") from None
+        return target
+    if stat.S_ISDIR(mode):
+        raise UnwritableFileError(f"cannot write {given}: it is a directory")
+    if not stat.S_ISREG(mode):
+        via = f" (the link points to {target})" if target != given else ""
+        raise UnwritableFileError(f"cannot write {given}: it is {file_kind(mode)}, not a regular file{via}; "
+                                  "give the name of a regular file or a new one")
+    return target
 
 
 class UnwritableFileError(UserError, OSError):
@@ -316,6 +352,22 @@ def _lock_holder(lock: Path) -> tuple[str, int, str] | None:
         return None
 
 
+def _check_lock_file(lock: Path, what: str) -> None:
+    """A ``.lock`` in the way that no run wrote (a directory, a FIFO, a link): no holder can be
+    read from it (a FIFO would even block the read), and ``rm`` would not remove a directory;
+    :class:`UnusableDirectoryError` says what it is and how to remove it."""
+    try:
+        mode = os.lstat(lock).st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISREG(mode):
+        return
+    remove = f"rm -r {lock}" if stat.S_ISDIR(mode) else f"rm {lock}"
+    raise UnusableDirectoryError(
+        f"{what} {lock.parent} cannot be locked: {lock} is {file_kind(mode)}, not the lock file a run writes; "
+        f"remove it ({remove}) and rerun")
+
+
 def _take_lock(lock: Path, what: str) -> None:
     """Create ``lock`` holding this process's host, pid and start time, atomically (a complete
     file is hard-linked into place, so a reader never sees a half-written one); break a lock
@@ -332,6 +384,7 @@ def _take_lock(lock: Path, what: str) -> None:
             pass
         finally:
             tmp.unlink(missing_ok=True)
+        _check_lock_file(lock, what)
         holder = _lock_holder(lock)
         if holder is not None and _process_is_gone(holder[0], holder[1]):
             lock.unlink(missing_ok=True)  # a killed run's lock: nobody will release it

@@ -54,6 +54,8 @@ class ExpertConfig:
         check_contrastive_batch(self.batch_size)
         check_momentum(self.momentum)
         check_learning_rates(self.lr_image, self.lr_text)
+        if self.seed < 0:  # expert i draws from seed + i; numpy's generators refuse negative seeds
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
 
     def train_config(self, base: TrainConfig) -> TrainConfig:
         """The full-data recipe with this expert schedule; always SGD (the matcher unrolls SGD)."""

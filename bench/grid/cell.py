@@ -7,6 +7,7 @@ means the set and pictures are there too.
 
 from __future__ import annotations
 
+import math
 import time
 import traceback
 from dataclasses import replace
@@ -88,6 +89,26 @@ def check_output(output: MethodOutput, cell: Cell, kind: str, n_pairs: int) -> N
         problem = index_problem(output.source_indices.numpy(), n_pairs)
         if problem:
             raise ValueError(f"method {cell.method!r} returned pairs whose source_indices {problem}")
+    what = non_finite_part(output)
+    if what:
+        raise ValueError(f"method {cell.method!r} returned non-finite values (NaN or infinity) in {what}; "
+                         "the method diverged or has a bug (the set is not evaluated)")
+
+
+def non_finite_part(output: MethodOutput) -> str | None:
+    """The first part of a method's output holding NaN or infinity (its images, text
+    embeddings, soft targets or learned learning rates), or None: found here, the failure
+    names the method and the tensor, not the evaluation's training step."""
+    pairs = output.pairs
+    tensors = {"pairs.images": pairs.images, "pairs.text_emb": pairs.text_emb,
+               "pairs.soft_targets.matrix": None if pairs.soft_targets is None else pairs.soft_targets.matrix}
+    for name, tensor in tensors.items():
+        if tensor is not None and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return f"{name} ({int((~torch.isfinite(tensor)).sum())} of {tensor.numel()} values)"
+    for side, lr in (output.learned_lrs or {}).items():
+        if not math.isfinite(float(lr)):
+            return f"learned_lrs[{side!r}] ({lr})"
+    return None
 
 
 class MethodExit(RuntimeError):

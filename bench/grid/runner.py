@@ -35,7 +35,7 @@ from bench.core.io import (
 )
 from bench.grid.cell import failure_record, prepared
 from bench.grid.record import RecordError
-from bench.grid.spec import Cell, GridConfig, plan_cells, resolve_cell
+from bench.grid.spec import Cell, GridConfig, grid_models, plan_cells, resolve_cell
 from bench.grid.store import GridResults, ResultStore
 from bench.registry import load_plugins
 
@@ -102,7 +102,7 @@ class GridRun:
         root = Path(self.grid.results_dir)
         check_writable_dir(root, "results_dir")
         for folder in self.RESULT_FOLDERS:
-            if (root / folder).is_dir():
+            if (root / folder).exists() or (root / folder).is_symlink():  # a file named `records` too
                 check_writable_dir(root / folder, f"results_dir folder {folder}/:")
         check_writable_dir(self.grid.cache_dir, "cache_dir")
         if self.grid.runner.executor == "ray":
@@ -118,24 +118,37 @@ class GridRun:
                     raise ConfigError(problem)
 
     def check_model_files(self) -> None:
-        """The image tower's weights file or model directory exists and is one (its header is
-        read), before any data is prepared; a cluster's workers may see other files than the
-        driver, so a grid joining one is not judged here."""
+        """Every image tower's weights file or model directory (the grid model's and each
+        evaluation student's) exists and is one (its header is read), before any data is
+        prepared; a cluster's workers may see other files than the driver, so a grid joining
+        one is not judged here."""
         from bench.models.image_encoders import encoder_files_problem
 
         if self.grid.runner.executor == "ray" and self.grid.runner.ray_address:
             return
-        problem = encoder_files_problem(self.grid.model.image_encoder)
-        if problem:
-            raise ConfigError(f"model.{problem}")
+        for key, model in grid_models(self.grid).items():
+            problem = encoder_files_problem(model.image_encoder)
+            if problem:
+                raise ConfigError(f"{key}.{problem}")
 
     def check_budgets(self) -> None:
+        """Every budget fits every dataset's training set, and every method's parameters can
+        produce each of its budgets from it (``Method.budget_problem``: e.g. clip-score's
+        per-image cap, ccs's pruned fraction), before any cell runs."""
         for data_cfg in self.grid.datasets:
-            n = prepared(self.grid, data_cfg.name, self.progress).train.n_captions
+            data = prepared(self.grid, data_cfg.name, self.progress)
+            n = data.train.n_captions
             too_big = [b for b in self.grid.budgets if b > n]
             if too_big:
                 raise ConfigError(f"budgets: budget {too_big[0]} is larger than the training set of "
                                   f"{data_cfg.name} ({n} pairs)")
+            for i, spec in enumerate(self.grid.methods):
+                for budget in spec.budgets_of(self.grid.budgets):
+                    resolved = resolve_cell(self.grid, Cell(data_cfg.name, spec.key, budget, self.grid.method_seeds[0]))
+                    problem = resolved.method_cls.budget_problem(resolved.params, budget, data)
+                    if problem:
+                        where = "params" if budget not in spec.budget_params else f"budget_params.{budget}"
+                        raise ConfigError(f"methods[{i}] ({spec.key}).{where} on {data_cfg.name}: {problem}")
 
     def remove_temp_files(self) -> None:
         """Temp files of writers killed mid-write (a crashed driver or worker): those whose

@@ -8,7 +8,7 @@ unknown method names (with close matches) and each method's own parameters (agai
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -393,9 +393,9 @@ def validate_methods(grid: GridConfig) -> None:
     for i, spec in enumerate(grid.methods):
         where = f"methods[{i}] ({spec.key})"
         if any(not spec.budget_params.get(b) for b in spec.budgets_of(grid.budgets)):  # some budget runs `params` as is
-            check_expert_epochs(grid, spec, method_params(spec, where), f"{where}.params")
+            check_grid_reads(grid, spec, method_params(spec, where), f"{where}.params")
         for budget in sorted(spec.budget_params):
-            check_expert_epochs(grid, spec, method_params(spec, where, budget), f"{where}.budget_params.{budget}")
+            check_grid_reads(grid, spec, method_params(spec, where, budget), f"{where}.budget_params.{budget}")
         cls = get_method(spec.name)
         for budget in spec.budgets_of(grid.budgets):
             space = method_space(spec, cls, budget, where)
@@ -409,6 +409,16 @@ def validate_methods(grid: GridConfig) -> None:
                     check_expert_epochs(grid, spec, params, f"{where}.search.{name} = {value!r} (at {budget} pairs)")
 
 
+def check_grid_reads(grid: GridConfig, spec: MethodSpec, params: Any, where: str) -> None:
+    """The shared artifacts a method's parameters read exist in the grid: the expert epochs
+    (:func:`check_expert_epochs`) and what the proxy records (``Method.proxy_problem``)."""
+    check_expert_epochs(grid, spec, params, where)
+    cls = get_method(spec.name)
+    problem = cls.proxy_problem(params, grid.proxy) if cls.uses_proxy else None
+    if problem:
+        raise ConfigError(f"{where}.{problem}")
+
+
 def check_expert_epochs(grid: GridConfig, spec: MethodSpec, params: Any, where: str) -> None:
     """A method reading expert trajectories reads no epoch beyond those ``experts`` records."""
     cls = get_method(spec.name)
@@ -419,13 +429,22 @@ def check_expert_epochs(grid: GridConfig, spec: MethodSpec, params: Any, where: 
                           "or lower max_start_epoch")
 
 
+def grid_models(grid: GridConfig) -> dict[str, ModelConfig]:
+    """Every model a cell trains, by the config key that defines it: ``model`` (the grid's
+    student) and each ``evaluation.students.<name>``; each gets the grid model's checks."""
+    return {"model": grid.model, **{f"evaluation.students.{name}": m for name, m in grid.evaluation.students.items()}}
+
+
 def check_model_fits(grid: GridConfig) -> None:
-    """The image tower takes every dataset's resolution (e.g. a ConvNet of depth 3 needs a
-    multiple of 8 pixels), checked from the config alone."""
-    for i, data in enumerate(grid.datasets):
-        problem = encoder_fit_problem(grid.model.image_encoder, data.resolution)
-        if problem:
-            raise ConfigError(f"datasets[{i}] ({data.name}): {problem}; the model cannot take these images")
+    """Every image tower (the grid model's and each evaluation student's) takes every
+    dataset's resolution (e.g. a ConvNet of depth 3 needs a multiple of 8 pixels), checked
+    from the config alone."""
+    for key, model in grid_models(grid).items():
+        for i, data in enumerate(grid.datasets):
+            problem = encoder_fit_problem(model.image_encoder, data.resolution)
+            if problem:
+                whose = "the model" if key == "model" else f"{key} (an evaluation student)"
+                raise ConfigError(f"datasets[{i}] ({data.name}): {problem}; {whose} cannot take these images")
 
 
 def check_device_available(grid: GridConfig) -> None:
@@ -465,26 +484,47 @@ def build_grid(data: dict[str, Any]) -> GridConfig:
     return absolute_paths(grid, Path.cwd())
 
 
-def _blame(raw: dict[str, Any], overrides: list[str], message: str, path: str | Path) -> str:
+def _blame(raw: dict[str, Any], sources: list[tuple[str, str]], message: str, path: str | Path,
+           build: Callable[[dict[str, Any]], Any]) -> str:
     """Where an error of the merged config comes from: the config file when the file alone
-    already fails that way, else the first ``--set`` override that brings it in."""
-    for k in range(len(overrides) + 1):
+    already fails that way, else the label of the first source (override, label) that brings
+    it in."""
+    for k in range(len(sources) + 1):
         try:
-            build_grid(apply_overrides(copy.deepcopy(raw), overrides[:k]))
+            build(apply_overrides(copy.deepcopy(raw), [o for o, _ in sources[:k]]))
         except ConfigError as exc:
             if str(exc) == message:
-                return str(path) if k == 0 else f"--set {overrides[k - 1]!r}"
+                return str(path) if k == 0 else sources[k - 1][1]
     return "--set overrides"
 
 
-def load_grid(path: str | Path, overrides: list[str] | None = None, raw: dict[str, Any] | None = None) -> GridConfig:
+def build_blamed(raw: dict[str, Any], sources: list[tuple[str, str]], path: str | Path,
+                 build: Callable[[dict[str, Any]], Any]) -> Any:
+    """``build(raw with every source's override applied)``; a :class:`ConfigError` it raises
+    is prefixed with where the bad value comes from: ``<config file>`` or the label of the
+    source (``--set 'key=value'``, ``--ray-address '...'``). ``sources``: (override, label)
+    in the order they apply. Commands that derive their grid from the config (``tune``) pass
+    their own ``build``."""
+    data = apply_overrides(copy.deepcopy(raw), [o for o, _ in sources])  # its errors name the override
+    try:
+        return build(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{_blame(raw, sources, str(exc), path, build)}: {exc}") from None
+
+
+def set_sources(overrides: Sequence[str]) -> list[tuple[str, str]]:
+    """``--set`` overrides as (override, label) sources of :func:`build_blamed`."""
+    return [(o, f"--set {o!r}") for o in overrides]
+
+
+def load_grid(path: str | Path, overrides: list[str] | None = None, raw: dict[str, Any] | None = None,
+              flags: Sequence[tuple[str, str]] = ()) -> GridConfig:
     """Read, override and validate a grid. Every :class:`ConfigError` says where the bad
     value comes from: ``<config file>: ...`` or ``--set 'key=value': ...``. ``raw``: the file's
-    data when the caller read it already (:func:`bench.core.config.load_yaml`)."""
-    overrides = list(overrides or [])
+    data when the caller read it already (:func:`bench.core.config.load_yaml`). ``flags``:
+    (label, override) for values other command-line options bring in, applied after the
+    ``--set`` overrides and named by their label, e.g. ``("--ray-address '10.0.0.1:6379'",
+    "runner.ray_address='10.0.0.1:6379'")``."""
     raw = load_yaml(path) if raw is None else raw  # its errors name the file
-    data = apply_overrides(copy.deepcopy(raw), overrides)  # its errors name the override
-    try:
-        return build_grid(data)
-    except ConfigError as exc:
-        raise ConfigError(f"{_blame(raw, overrides, str(exc), path)}: {exc}") from None
+    sources = set_sources(overrides or []) + [(override, label) for label, override in flags]
+    return build_blamed(raw, sources, path, build_grid)

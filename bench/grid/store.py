@@ -176,6 +176,18 @@ class ResultStore:
             return f"its set file {path} has changed since the record was written"
         return None
 
+    def with_sets(self, records: list[CellRecord]) -> tuple[list[CellRecord], dict[str, str]]:
+        """``records`` split by the run's rule for a set file (:meth:`set_problem`): those whose
+        set is as written, and for the others ``name -> not finished: <why>``."""
+        kept, missing = [], {}
+        for record in records:
+            problem = self.set_problem(record)
+            if problem is None:
+                kept.append(record)
+            else:
+                missing[record.cell_id or record.name] = f"not finished: {problem}"
+        return kept, missing
+
     def write_record(self, cell: Cell | str, record: CellRecord) -> Path:
         path = write_json_atomic(self.record_path(cell), record.to_json())
         self.failure_path(cell).unlink(missing_ok=True)
@@ -237,13 +249,13 @@ class ResultStore:
     def grid_results(self, cells: Mapping[str, str]) -> GridResults:
         """The current records of the grid whose cells (id -> hash) are given, and why each
         other cell has no number: ``failed: <error>``, ``not finished: its set file ...``,
-        ``stale: ...``, ``its record cannot be read`` or ``not run``. A set file is checked by
-        its size here (the hash is checked when a run decides what to skip). Records of no cell
-        of the grid are only counted (``ignored``)."""
+        ``stale: ...``, ``its record cannot be read`` or ``not run``. A set file is checked as
+        a run checks it before skipping a cell (size and sha256: a set changed in place, same
+        size, is not current). Records of no cell of the grid are only counted (``ignored``)."""
         current, missing = [], {}
         for cell_id, cell_hash in cells.items():
             record = self.read_record(cell_id)
-            damaged = None if record is None else self.set_problem(record, check_hash=False)
+            damaged = None if record is None or record.cell_hash != cell_hash else self.set_problem(record)
             if record is not None and record.cell_hash == cell_hash and damaged is None:
                 current.append(record)
                 continue

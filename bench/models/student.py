@@ -27,6 +27,10 @@ TEXT_PREFIXES = ("text_head.",)
 BeforeHeads = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
+FROZEN_NEEDS_PROJECTION = ("a frozen image tower (image_encoder.freeze) needs a trainable image projection: "
+                           "set embed_dim")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """embed_dim None: the text head projects straight into the image feature space (as in the
@@ -44,6 +48,8 @@ class ModelConfig:
             raise ValueError("text_dropout must be in [0, 1)")
         if self.embed_dim is not None and self.embed_dim < 1:
             raise ValueError("embed_dim must be positive")
+        if self.image_encoder.freeze and self.embed_dim is None:
+            raise ValueError(FROZEN_NEEDS_PROJECTION)
 
 
 class Student(nn.Module):
@@ -60,8 +66,7 @@ class Student(nn.Module):
         self.frozen_tower = cfg.image_encoder.freeze
         feature_dim = self.image_encoder.out_dim
         if self.frozen_tower and cfg.embed_dim is None:
-            raise ValueError("a frozen image tower (image_encoder.freeze) needs a trainable image projection: "
-                             "set model.embed_dim")
+            raise ValueError(FROZEN_NEEDS_PROJECTION)
         if cfg.embed_dim is None:
             self.image_projection: nn.Module = nn.Identity()
             embed_dim = feature_dim

@@ -37,6 +37,13 @@ def check_momentum(momentum: float, key: str = "momentum") -> None:
         raise ValueError(f"{key} must be in [0, 1), got {momentum}")
 
 
+def check_weight_decay(weight_decay: float, key: str = "weight_decay") -> None:
+    """Weight decay pulls weights towards 0; a negative one pushes them away (torch's
+    optimisers refuse it, so every cell would fail after the grid started)."""
+    if weight_decay < 0:
+        raise ValueError(f"{key} must be >= 0, got {weight_decay}")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Recipe for training a student on a pair set. Separate learning rates for the image and
@@ -72,6 +79,7 @@ class TrainConfig:
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         check_momentum(self.momentum)
+        check_weight_decay(self.weight_decay)
         if not self.lr_gamma > 0:
             raise ValueError(f"lr_gamma must be > 0, got {self.lr_gamma}")
         self.milestone_epochs()  # raises for a bad milestone

@@ -69,6 +69,9 @@ def load_reference(path_or_alias: str | os.PathLike[str]) -> pd.DataFrame:
         raise ReferenceError(f"reference file {path} does not exist (use a CSV path or 'paper')")
     try:
         ref = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise ReferenceError(f"{path}: the reference CSV is empty (expected a header "
+                             f"{','.join(REFERENCE_COLUMNS)} and one row per published number)") from None
     except (OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
         raise ReferenceError(f"{path}: cannot read reference CSV: {exc}") from exc
     missing = [c for c in REFERENCE_COLUMNS if c not in ref.columns]
@@ -83,8 +86,32 @@ def load_reference(path_or_alias: str | os.PathLike[str]) -> pd.DataFrame:
             row = int(np.flatnonzero(bad.to_numpy())[0])
             raise ReferenceError(f"{path}: column {col!r} row {row + 2} is not a number: {ref[col].iloc[row]!r}")
         ref[col] = numbers.astype(float)
+    _check_published_values(ref, path)
     ref["pairs"] = ref["pairs"].str.strip()
     return ref
+
+
+def _check_published_values(ref: pd.DataFrame, path: Path) -> None:
+    """A published recall is a percentage in [0, 100] and a std a finite number >= 0: ``-5``
+    or ``inf`` is a typo in the file, not a number to print beside ours as the paper's."""
+    for i, row in enumerate(ref.itertuples(index=False)):
+        recall = str(row.metric).strip() in METRIC_ORDER
+        if not np.isfinite(row.value) or (recall and not 0 <= row.value <= 100):
+            bound = "a recall in [0, 100] (percent)" if recall else "a finite number"
+            raise ReferenceError(f"{path}: row {i + 2} ({row.source}, {row.method}, {row.pairs} pairs, {row.metric}): "
+                                 f"value {row.value:g} is not {bound}")
+        if not pd.isna(row.std) and not (np.isfinite(row.std) and row.std >= 0):
+            raise ReferenceError(f"{path}: row {i + 2} ({row.source}, {row.method}, {row.pairs} pairs, {row.metric}): "
+                                 f"std {row.std:g} is not a finite number >= 0")
+
+
+def check_source(ref: pd.DataFrame, source: str, path: str) -> None:
+    """``--source`` names a source of the reference file (a misspelt one would silently choose
+    another paper's numbers)."""
+    sources = sorted(set(ref["source"]))
+    if source not in sources:
+        raise ReferenceError(f"--source {source!r} is not a source of the reference {path} "
+                             f"(its sources: {', '.join(sources)})")
 
 
 def _fmt(mean: float, std: float | None, decimals: int | None = 1) -> str:

@@ -9,12 +9,15 @@ each getting its share of what is left), drawing uniformly at random within each
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
+from bench.data.datasets import PreparedDataset
 from bench.methods_api import MethodContext
+from bench.protocol.proxy import ProxyConfig
 from bench.registry import register
 from methods.coresets import el2n, forgetting
 from methods.coresets._common import (
@@ -88,6 +91,9 @@ def select(difficulty: np.ndarray, budget: int, rng: np.random.Generator, beta: 
     if budget > len(kept):
         raise ValueError(f"budget {budget} is more than the {len(kept)} pairs left after pruning the hardest "
                          f"beta={beta} of {n}")
+    if k > len(kept):  # kept as given (equal-width strata, many empty), said once
+        warnings.warn(f"ccs: strata {k} is more than the {len(kept)} pairs left after pruning; at most {len(kept)} "
+                      "strata hold a pair and the budget is spread over those", stacklevel=2)
     labels = strata(np.asarray(difficulty)[kept], k)
     counts = allocate(np.bincount(labels, minlength=k), budget)
     picks = [rng.choice(kept[labels == s], size=int(c), replace=False) for s, c in enumerate(counts) if c]
@@ -101,6 +107,21 @@ class CcsCoreset(CoresetMethod):
     # The pruning fraction decides most (beta 0.3 on the embedded set, 0.0 on a real set's
     # val); the score and the strata after it.
     default_search = {"beta": [0.0, 0.1, 0.2, 0.3, 0.5], "score": ["forgetting", "el2n"], "strata": [10, 50]}
+
+    @classmethod
+    def proxy_problem(cls, params: CcsParams, proxy: ProxyConfig) -> str | None:
+        if params.score != "el2n":
+            return None
+        return el2n.gallery_problem(params.el2n_epochs, tuple(proxy.gallery_epochs), "el2n_epochs")
+
+    @classmethod
+    def budget_problem(cls, params: CcsParams, budget: int, data: PreparedDataset) -> str | None:
+        n = data.train.n_captions
+        left = n - int(np.floor(params.beta * n))
+        if budget > left:
+            return (f"budget {budget} is more than the {left} pairs left after pruning the hardest beta={params.beta} "
+                    f"of {n}; lower beta or the budget")
+        return None
 
     def choose(self, ctx: MethodContext, budget: int, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
         p, proxy = self.params, ctx.proxy()

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.data.datasets import PreparedDataset
 from bench.methods_api import MethodContext
 from bench.registry import register
 from methods.coresets._common import (
@@ -80,6 +81,17 @@ class ClipScoreCoreset(CoresetMethod):
     uses_proxy = True
     # How many captions of one image may enter (2 on the embedded set; no cap is the plain rule).
     default_search = {"max_per_image": [1, 2, 3, None]}
+
+    @classmethod
+    def budget_problem(cls, params: ClipScoreParams, budget: int, data: PreparedDataset) -> str | None:
+        if params.max_per_image is None:
+            return None
+        per_image = np.bincount(data.train.caption_image.numpy())
+        allowed = int(np.minimum(per_image, params.max_per_image).sum())
+        if budget > allowed:
+            return (f"budget {budget} is more than {int((per_image > 0).sum())} images x max_per_image "
+                    f"{params.max_per_image} allow ({allowed} pairs); raise max_per_image or lower the budget")
+        return None
 
     def choose(self, ctx: MethodContext, budget: int, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
         image, text = ctx.proxy().embeddings()

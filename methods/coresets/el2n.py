@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 
 from bench.methods_api import MethodContext
-from bench.protocol.proxy import GalleryRows
+from bench.protocol.proxy import GalleryRows, ProxyConfig
 from bench.registry import register
 from methods.coresets._common import (
     CoresetMethod,
@@ -34,6 +34,19 @@ def check_epochs(epochs: tuple[int, ...] | None, key: str) -> None:
     """``epochs``: None or a non-empty list of distinct positive epochs; the error names ``key``."""
     if epochs is not None and (not epochs or min(epochs) < 1 or len(set(epochs)) != len(epochs)):
         raise ValueError(f"{key} must be null (every recorded epoch) or distinct epochs >= 1, got {list(epochs)}")
+
+
+def gallery_problem(epochs: tuple[int, ...] | None, recorded: tuple[int, ...], key: str) -> str | None:
+    """Why the proxy epochs ``epochs`` (None: every recorded one) cannot be read from a proxy
+    recording ``recorded`` (``proxy.gallery_epochs``), or None; the message names ``key``."""
+    if not recorded:
+        return f"{key}: the EL2N scores read the proxy's gallery rows, but proxy.gallery_epochs is empty; record " \
+               "at least one epoch there"
+    missing = [e for e in epochs or () if e not in recorded]
+    if missing:
+        return (f"{key} {list(epochs or ())}: epoch {missing[0]} is not recorded by the proxy (proxy.gallery_epochs "
+                f"{list(recorded)}); add it to proxy.gallery_epochs or read recorded epochs")
+    return None
 
 
 @dataclass(frozen=True)
@@ -108,6 +121,10 @@ class El2nCoreset(CoresetMethod):
     uses_proxy = True
     # Which end of the score to keep: the hardest pairs help large sets, the easiest small ones.
     default_search = {"keep": ["highest", "lowest"]}
+
+    @classmethod
+    def proxy_problem(cls, params: El2nParams, proxy: ProxyConfig) -> str | None:
+        return gallery_problem(params.epochs, tuple(proxy.gallery_epochs), "epochs")
 
     def choose(self, ctx: MethodContext, budget: int, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
         rows = ctx.proxy().gallery_rows()

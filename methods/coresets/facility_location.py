@@ -13,6 +13,7 @@ k-nearest-neighbour search.
 from __future__ import annotations
 
 import heapq
+import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -114,6 +115,9 @@ def knn_graph(features: np.ndarray, neighbours: int, rng: np.random.Generator,
     x = as_features(features)
     n, d = x.shape
     k = min(neighbours, n)
+    if neighbours > n:  # clamped, not refused: every pair is then a neighbour of every other
+        warnings.warn(f"facility-location: neighbours {neighbours} is more than the {n} pairs; using {n}",
+                      stacklevel=2)
     exact = search == "exact" or (search == "auto" and float(n) * n * d <= EXACT_MAX_WORK)
     if exact or d <= PCA_DIM:
         rows = _unit_rows(x)

@@ -21,6 +21,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from bench.data.datasets import PreparedDataset
 from bench.data.pairs import PairSet, SoftTargets
 from bench.distill.matching import LearnedTensor, MatchingConfig, MatchingState
 from bench.distill.unroll import InnerLoss
@@ -76,6 +77,16 @@ class Lors(TrajectoryMatching):
     # Trajectory matching's space plus the soft targets' weight (alpha moved 0.01-1 between
     # budgets on the embedded set, docs/recipes.md) and their learning rate.
     default_search = {**TrajectoryMatching.default_search, "alpha": [0.01, 0.1, 1.0], "lr_sim": {"times": [0.3, 1, 3]}}
+
+    @classmethod
+    def budget_problem(cls, params: LorsConfig, budget: int, data: PreparedDataset) -> str | None:
+        """A rank above the budget is refused, not clamped: the learned similarity is budget x
+        budget, so its low-rank part cannot use more, and ``alpha / rank`` would silently scale
+        it down."""
+        if params.rank > budget:
+            return (f"rank {params.rank} is more than the budget {budget} (the learned similarity is {budget} x "
+                    f"{budget}); lower rank, for this budget through budget_params")
+        return None
 
     def learned(self, real: PairSet, text_scale: float = 1.0, seed: int = 0) -> dict[str, LearnedTensor]:
         cfg: LorsConfig = self.params

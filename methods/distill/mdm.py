@@ -28,6 +28,7 @@ generator of (seed, it); the k-means from ``seed``.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -220,6 +221,17 @@ def mdm_loss(real: tuple[torch.Tensor, torch.Tensor], syn: tuple[torch.Tensor, t
 
 # ----------------------------------------------------------------------------- the method
 
+def warn_clamped(cfg: MdmConfig, n_real: int, budget: int) -> None:
+    """Batches larger than what they draw from are clamped (every real pair, or every
+    synthetic pair, each iteration), not refused: say so once, so a ``batch_real: 100000`` is
+    not read as having had an effect."""
+    if cfg.batch_real > n_real:
+        warnings.warn(f"mdm: batch_real {cfg.batch_real} is more than the {n_real} training pairs; using {n_real}",
+                      stacklevel=2)
+    if cfg.batch_syn > budget:
+        warnings.warn(f"mdm: batch_syn {cfg.batch_syn} is more than the budget {budget}; using {budget}", stacklevel=2)
+
+
 @register("mdm", "distillation", "MDM: k-means init, merged-expert teacher, geodesic distribution matching")
 class Mdm(Method):
     Params = MdmConfig
@@ -267,6 +279,7 @@ class Mdm(Method):
         real_features = tower_features(teacher, real.images, device) if teacher.frozen_tower else None
         losses: list[dict[str, float]] = []
         ratios: list[float] = []
+        warn_clamped(cfg, len(real), budget)
         for it in range(cfg.iterations):
             rng = np.random.default_rng([seed, it])
             params, r = mixed_teacher(buffer, rng, cfg, max_epoch, device)
