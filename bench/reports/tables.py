@@ -19,6 +19,7 @@ import pandas as pd
 
 from bench.core.errors import UserError
 from bench.protocol.selection import SELECTION_LABELS
+from bench.reports.setting import Setting, attach_settings, comparability_note, published_setting
 from bench.reports.records import (
     FULL,
     METRIC_ORDER,
@@ -38,13 +39,6 @@ SOURCE_TITLES: Mapping[str, str] = {
     "repblend": "Beyond Modality Collapse: Representations Blending for Multimodal Dataset Distillation "
                 "(NeurIPS 2025)",
     "mdm": "Multimodal Distribution Matching for Vision-Language Dataset Distillation (CVPR 2026)",
-}
-#: The evaluation rule behind each source's numbers (bench.reports.reference/SOURCE.md).
-SOURCE_RULES: Mapping[str, str] = {
-    "vl-distill": "final epoch (51 epochs of training)",
-    "lors": "best test evaluation of every 10 epochs (test-selected, optimistic)",
-    "repblend": "best test evaluation of every 20 epochs (test-selected, optimistic)",
-    "mdm": "test evaluation at epochs 99 and 100",
 }
 #: Rows below the recalls of each budget: the normalised score and the selection's optimism.
 NORM = "norm"
@@ -84,6 +78,8 @@ def load_reference(path_or_alias: str | os.PathLike[str]) -> pd.DataFrame:
             raise ReferenceError(f"{path}: column {col!r} row {row + 2} is not a number: {ref[col].iloc[row]!r}")
         ref[col] = numbers.astype(float)
     ref["pairs"] = ref["pairs"].str.strip()
+    ref = attach_settings(ref, path)
+    ref.attrs["file"] = "the bundled paper_results.csv" if path == BUNDLED_REFERENCE else str(path)
     return ref
 
 
@@ -96,6 +92,12 @@ def _fmt(mean: float, std: float | None, decimals: int | None = 1) -> str:
     if std is None or pd.isna(std):
         return text(mean)
     return f"{text(mean)} \u00b1 {text(std)}"
+
+
+def _rule(ref: pd.DataFrame, source: str, dataset: str) -> str:
+    """The selection rule behind a source's numbers, from the reference's ``rule`` column."""
+    published = published_setting(ref, source, dataset)
+    return published.rule if published is not None and published.rule else "rule not recorded"
 
 
 def _published_mean(pubs: pd.DataFrame, source: str, method: str, pairs: str) -> float | None:
@@ -166,8 +168,10 @@ def paper_table(
     protocol: str | None = None,
     select: str = "final",
     final: pd.DataFrame | None = None,
+    setting: Setting | None = None,
 ) -> pd.DataFrame:
-    """Rows (pairs, metric), columns methods then ``full``; strings "mean ± std" or "–".
+    """Rows (pairs, metric), columns methods then ``full``; strings "mean ± std" or "–"
+    ("mean" alone for a cell of one evaluation run: n = 1, no spread).
 
     One block of ``agg`` (:func:`bench.reports.records.aggregate` under the rule ``select``):
     the runs of ``student`` under ``protocol`` (None: the first of the dataset's). Below the
@@ -182,7 +186,10 @@ def paper_table(
     With ``reference`` (see :func:`load_reference`), each of our columns that has published
     numbers for this dataset gets a "<method> (paper)" column right after it (only budgets we
     ran are shown), with the source's own ``norm`` where it publishes random and full rows.
-    ``aliases`` maps our method names to the CSV's (default: full -> full-data).
+    ``aliases`` maps our method names to the CSV's (default: full -> full-data). The caption
+    then says where ``setting`` (ours: :func:`bench.reports.setting.our_setting`) differs from
+    each source's published setting (test split, image tower, resolution, protocol), or that
+    the reference has no numbers for ``dataset``.
     ``table.attrs`` holds ``caption``, ``dataset``, ``sources`` and ``reference_choice``.
     """
     if agg[agg["dataset"] == dataset].empty:
@@ -220,7 +227,7 @@ def paper_table(
                 values.append(MISSING if picked is None or last is None else f"{picked[0] - last:+.1f}")
                 continue
             cell = ours.get((method, FULL if is_full else budget, metric))
-            values.append(MISSING if cell is None else _fmt(cell[0], cell[1]))
+            values.append(MISSING if cell is None else _fmt(cell[0], None if cell[2] == 1 else cell[1]))
             ns += [] if cell is None else [cell[2]]
         columns[method] = values
         pub_name, pub_pairs = aliases.get(method, method), (lambda b: FULL if is_full else str(b))
@@ -235,11 +242,13 @@ def paper_table(
     table = pd.DataFrame(columns, index=index)
     table.columns.name = "method"
     runs = f"{min(ns)}" if ns and min(ns) == max(ns) else (f"{min(ns)}-{max(ns)}" if ns else "0")
+    spread = ("one evaluation run per cell (n = 1: no std)" if runs == "1" else
+              f"mean ± std over {runs} pooled evaluation runs per cell" + (" (a cell of one run shows no std)"
+                                                                          if 1 in ns else ""))
     splits = "/".join(sorted(set(data["split"].dropna()))) or "?"
     caption = (f"{dataset}: retrieval recall (%) on the {splits} split, {SELECTION_LABELS[select]}, "
-               f"student {student}, protocol {protocol}; mean ± std over {runs} pooled evaluation runs "
-               f"per cell; {'/'.join(full_cols)} = model trained on the whole training set; norm = (method - random) "
-               f"/ ({'/'.join(full_cols)} - random) on the mean recall.")
+               f"student {student}, protocol {protocol}; {spread}; {'/'.join(full_cols)} = model trained on the "
+               f"whole training set; norm = (method - random) / ({'/'.join(full_cols)} - random) on the mean recall.")
     if no_norm:
         caption += (" norm –: no random row at that budget or no full row in this block, or full less "
                     f"than {MIN_NORM_GAP} points above random.")
@@ -247,8 +256,11 @@ def paper_table(
         caption += f" optimism = {select}-selected minus final mean recall."
     if used_sources:
         caption += " (paper) = published: " + "; ".join(
-            f"{s}: {SOURCE_TITLES.get(s, s)}, reporting the {SOURCE_RULES.get(s, 'rule not recorded')}"
+            f"{s}: {SOURCE_TITLES.get(s, s)}, reporting the {_rule(reference, s, dataset)}"
             for s in used_sources) + "."
+    if reference is not None:
+        caption += comparability_note(setting, reference, dataset, used_sources,
+                                      reference.attrs.get("file", "the reference file"))
     ours_missing = {c: why for c, why in (missing or {}).items() if c.startswith(f"{dataset}__")}
     if ours_missing:
         caption += " Missing (no current result): " + "; ".join(f"{c} ({why})" for c, why in ours_missing.items()) + "."
