@@ -24,7 +24,7 @@ from bench.reports.plots import FULL_COLOUR, RANDOM_COLOUR, method_colours, plot
 from bench.reports.records import aggregate, method_order
 from bench.reports.setting import Setting, our_setting
 from bench.reports.summary import summary_rows
-from bench.reports.tables import LATEX_PACKAGES, MISSING, load_reference, paper_table, render
+from bench.reports.tables import LATEX_PACKAGES, MISSING, load_reference, mean_table, paper_table, render
 
 REPO = Path(__file__).resolve().parent.parent
 RECALLS = ("tr@1", "tr@5", "tr@10", "ir@1", "ir@5", "ir@10")
@@ -124,8 +124,12 @@ def test_a_table_cell_of_one_run_shows_no_zero_std() -> None:
                         "flickr30k")
     assert table.loc[(100, "tr@1"), "random"] == "1.0"
     assert "one evaluation run per cell (n = 1" in table.attrs["caption"]
-    mixed = paper_table(aggregate([_record("full", None, 30.0), _record("random", 100, 1.0, seeds=1)]), "flickr30k")
-    assert mixed.loc[(100, "tr@1"), "random"] == "1.0" and mixed.loc[(100, "tr@1"), "full"] == "30.2 ± 0.2"
+    mixed = aggregate([_record("full", None, 30.0), _record("random", 100, 1.0, seeds=1)])
+    table = paper_table(mixed, "flickr30k")
+    assert table.loc[(100, "tr@1"), "random"] == "1.0" and table.loc[(100, "tr@1"), "full"] == "30.2 ± 0.2"
+    assert "(a cell of one run shows no std)" in table.attrs["caption"]
+    compact = mean_table(mixed, "flickr30k")
+    assert compact.loc["random", 100] == f"{_metrics(1.0, 0)['mean']:.1f}" and "±" in compact.loc["full", 100]
 
 
 # ----------------------------------------------------------------------------------- plots

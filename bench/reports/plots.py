@@ -33,14 +33,16 @@ LEGEND_OUTSIDE = {"loc": "upper left", "bbox_to_anchor": (1.02, 1.0), "borderaxe
 
 
 def method_colours(methods: Sequence[str]) -> dict[str, str]:
-    """A distinct colour per method (hex): ``random`` black, ``full`` (and any other reference
-    row named in ``methods`` after it) grey, the rest in order from tab10 (up to 9 methods),
-    tab20 (up to 18) or evenly spaced hues of ``turbo`` beyond; deterministic, never repeated."""
+    """A distinct colour per method (hex): ``random`` black, ``full`` grey, every other name in
+    the order given from tab10 (up to 9 of them),
+    tab20 (up to 18: its nine dark shades, then the light ones) or evenly spaced hues of
+    ``turbo`` beyond; deterministic, never repeated."""
     others = [m for m in dict.fromkeys(methods) if m not in ("random", FULL)]
     if len(others) <= 9:
         palette = [c for c in map(to_hex, colormaps["tab10"].colors) if c not in _GREYS]
-    elif len(others) <= 18:
-        palette = [c for c in map(to_hex, colormaps["tab20"].colors) if c not in _GREYS]
+    elif len(others) <= 18:  # tab20's dark shades first, then the light ones: neighbours differ in hue
+        tab20 = [to_hex(c) for c in colormaps["tab20"].colors]
+        palette = [c for c in tab20[0::2] + tab20[1::2] if c not in _GREYS]
     else:  # 0.05 .. 0.95: turbo's darkest and brightest ends are hard to tell from black and white
         palette = [to_hex(colormaps["turbo"](0.05 + 0.9 * i / (len(others) - 1))) for i in range(len(others))]
     colours = dict(zip(others, palette))

@@ -271,8 +271,10 @@ def paper_table(
     return table
 
 
-def _mean_cells(data: pd.DataFrame) -> dict[tuple[str, Any], tuple[float, float]]:
-    return {(r.method, r.budget): (r.mean, r.std) for r in data[data["metric"] == "mean"].itertuples()}
+def _mean_cells(data: pd.DataFrame) -> dict[tuple[str, Any], tuple[float, float | None]]:
+    """(method, budget) -> (mean, std) of the mean recall; std None for one run (shown without ±)."""
+    return {(r.method, r.budget): (r.mean, None if r.n == 1 else r.std)
+            for r in data[data["metric"] == "mean"].itertuples()}
 
 
 def selection_table(aggs: Mapping[str, pd.DataFrame], dataset: str, student: str = SOURCE,
@@ -357,7 +359,7 @@ def mean_table(agg: pd.DataFrame, dataset: str, metric: str = "mean", student: s
     if data.empty:
         raise ValueError(f"no {metric!r} results for dataset {dataset!r}")
     budgets = sorted({int(b) for b in data["budget"] if b != FULL})
-    cells = {(r.method, r.budget): _fmt(r.mean, r.std) for r in data.itertuples()}
+    cells = {(r.method, r.budget): _fmt(r.mean, None if r.n == 1 else r.std) for r in data.itertuples()}
     full_rows = sorted(data.loc[data["budget"] == FULL, "method"].unique())
     rows = {m: [cells.get((m, b), MISSING) for b in budgets] for m in method_order(data)}
     rows.update({m: [cells[(m, FULL)]] * max(len(budgets), 1) for m in full_rows})
