@@ -306,7 +306,7 @@ def test_table_command_names_the_issue_setting(tmp_path: Path, monkeypatch: pyte
         _write(tmp_path / "res" / "records", _record(method, budget, base, config=config, split_sizes=sizes))
     assert our_setting([_record("random", 100, 1.0, config=config, split_sizes=sizes)], "flickr30k") == Setting(
         split="test", images=30, captions=150, tower="convnet (width 128, depth 3)", training="trained",
-        resolution=32, protocol=None, selection="final")
+        resolution=32, protocol="suite", selection="final")
     assert main(["table", str(tmp_path / "res"), "--reference", "paper"]) == 0
     out = capsys.readouterr().out
     for phrase in ("test split of 30 images / 150 captions, the paper's 1,000 images / 5,000 captions",
@@ -363,3 +363,14 @@ def test_latex_names_its_packages_is_compact_and_has_consistent_decimals() -> No
     assert "27.3" in body and "27.32" not in body
     assert "Published numbers rounded to one decimal" in body
     assert MISSING not in body
+
+
+def test_records_without_config_say_what_is_not_recorded() -> None:
+    """Records written before they kept their config (or split sizes): the caption says so
+    rather than guessing a match."""
+    caption = _caption(our_setting([_record("random", 100, 1.0)], "flickr30k"))
+    differs = caption.split("Setting differs from vl-distill's published one")[1]
+    for phrase in ("our test split's size is not recorded (the paper's: 1,000 images / 5,000 captions)",
+                   "our image tower is not recorded (the paper's: nfnet_l0, trained)",
+                   "our resolution is not recorded (the paper's: 224 px)", "protocol suite, final epoch"):
+        assert phrase in differs, phrase

@@ -19,11 +19,15 @@ from rich.table import Table
 from bench.grid.record import METRICS, CellRecord
 from bench.grid.store import GridResults
 from bench.reports.summary import SummaryRow, summary_rows
+from bench.reports.tables import MIN_NORM_GAP
 
 BEST = "*"
 BEST_NOTE = (f"{BEST} best mean recall at its budget (full, the whole training set, is excluded); "
              "n = evaluation runs pooled per cell (evaluation seeds x method seeds); "
              "norm = (method - random) / (full - random)")
+
+NO_NORM = (f"norm –: no random row at that budget or no full row, or full less than {MIN_NORM_GAP} points "
+           "above random")
 
 
 def _cell(mean: float, std: float, n: int) -> str:
@@ -57,16 +61,18 @@ def print_records(records: list[CellRecord], console: Console | None = None) -> 
     if not records:
         console.print("no finished records")
         return
-    first, marked = records[0], False
+    first, marked, no_norm = records[0], False, False
     for dataset in sorted({r.dataset for r in records}):
         rows, protocol = summary_rows(records, dataset)
         marked |= any(r.best for r in rows)
-        spread = ("one evaluation run per cell (n = 1): values without ± std" if {r.n for r in rows} == {1}
-                  else "mean ± std over n pooled evaluation runs (a cell with n = 1 shows its value alone)")
+        no_norm |= any(r.norm is None for r in rows)
+        spread = ("n = 1 evaluation run per cell: no ± std" if {r.n for r in rows} == {1}
+                  else "mean ± std over n pooled evaluation runs (n = 1: the value alone)")
         where = "" if protocol in (None, "suite") else f", protocol {protocol}"
         console.print(_table(rows, f"{dataset}: recall (%) on the {first.eval_split} split, final epoch{where}; "
                                    f"{spread}"))
-    console.print(BEST_NOTE if marked else BEST_NOTE.split("; ", 1)[1], soft_wrap=True)
+    note = BEST_NOTE if marked else BEST_NOTE.split("; ", 1)[1]
+    console.print(note + (f" ({NO_NORM})" if no_norm else ""), soft_wrap=True)
 
 def print_grid_results(results: GridResults, console: Console | None = None) -> None:
     """The current records, then one line per cell of the grid that has no number."""

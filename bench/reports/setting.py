@@ -112,11 +112,12 @@ def _dataset_section(config: dict[str, Any], dataset: str) -> dict[str, Any] | N
 def our_setting(records: Sequence[CellRecord], dataset: str, student: str = "source",
                 protocol: str | None = None, select: str = "final") -> Setting:
     """Our setting of one table block, from the first record of ``dataset`` that has a config
-    (the table shows records of one recipe). Sizes come from the record's ``split_sizes``, or
+    (the table shows records of one recipe); ``protocol`` None: the records' headline protocol. Sizes come from the record's ``split_sizes``, or
     for the embedded dataset from its config; fields a record does not say stay None."""
+    first = next((r for r in records if r.dataset == dataset), None)
+    protocol = protocol or (first.eval_protocol if first is not None else None) or "suite"
     rec = next((r for r in records if r.dataset == dataset and r.config), None)
     if rec is None:
-        first = next((r for r in records if r.dataset == dataset), None)
         return Setting(split=first.eval_split if first else None, protocol=protocol, selection=select)
     config, split = rec.config, rec.eval_split or "test"
     section = _dataset_section(config, dataset) or {}
@@ -168,10 +169,11 @@ def differences(ours: Setting, published: Setting) -> list[str]:
             _norm(ours.tower) != _norm(published.tower)
             or (published.training is not None and ours.training != published.training)):
         theirs = published.tower + (f", {published.training}" if published.training else "")
-        out.append(f"image tower {ours.tower or 'not recorded'}, {ours.training or '?'} (the paper's: {theirs})")
+        out.append(f"image tower {ours.tower}, {ours.training} (the paper's: {theirs})" if ours.tower else
+                   f"our image tower is not recorded (the paper's: {theirs})")
     if published.resolution is not None and ours.resolution != published.resolution:
-        shown = "not recorded" if ours.resolution is None else f"{ours.resolution} px"
-        out.append(f"resolution {shown} (the paper's: {published.resolution} px)")
+        out.append(f"resolution {ours.resolution} px (the paper's: {published.resolution} px)" if ours.resolution
+                   else f"our resolution is not recorded (the paper's: {published.resolution} px)")
     if published.rule is not None or published.protocol is not None:
         same = (published.protocol is not None and ours.protocol == published.protocol
                 and ours.selection == published.selection)
