@@ -43,7 +43,8 @@ def _record(method: str, budget: int | None, base: float, seeds: int = 3, datase
             method_seed: int | None = 0, **extra) -> CellRecord:
     data = {"dataset": dataset, "method": method, "kind": KINDS.get(method, "distillation"), "budget": budget,
             "method_seed": None if budget is None else method_seed, "eval_split": "test",
-            "eval_seeds": list(range(seeds)), "per_seed": [{"seed": s, "metrics": _metrics(base, s)} for s in range(seeds)],
+            "eval_seeds": list(range(seeds)),
+            "per_seed": [{"seed": s, "metrics": _metrics(base, s)} for s in range(seeds)],
             "method_cost": {"seconds": 2.0}, "eval_cost": {"seconds": 5.0}, **extra}
     return CellRecord.from_json(data)
 
@@ -237,7 +238,8 @@ def test_caption_says_same_setting_when_everything_matches() -> None:
 
 
 @pytest.mark.parametrize("change, expected", [
-    ({"images": 30, "captions": 150}, "test split of 30 images / 150 captions, the paper's 1,000 images / 5,000 captions"),
+    ({"images": 30, "captions": 150},
+     "test split of 30 images / 150 captions, the paper's 1,000 images / 5,000 captions"),
     ({"split": "val", "images": 1014, "captions": 5070},
      "we evaluate on the val split (1,014 images / 5,070 captions), the paper on the test split"),
     ({"tower": "convnet (width 128, depth 3)"}, "image tower convnet (width 128, depth 3), trained (the paper's: "

@@ -112,8 +112,9 @@ def _dataset_section(config: dict[str, Any], dataset: str) -> dict[str, Any] | N
 def our_setting(records: Sequence[CellRecord], dataset: str, student: str = "source",
                 protocol: str | None = None, select: str = "final") -> Setting:
     """Our setting of one table block, from the first record of ``dataset`` that has a config
-    (the table shows records of one recipe); ``protocol`` None: the records' headline protocol. Sizes come from the record's ``split_sizes``, or
-    for the embedded dataset from its config; fields a record does not say stay None."""
+    (the table shows records of one recipe); ``protocol`` None: the records' headline protocol.
+    Sizes come from the record's ``split_sizes``, or for the embedded dataset from its config;
+    fields a record does not say stay None."""
     first = next((r for r in records if r.dataset == dataset), None)
     protocol = protocol or (first.eval_protocol if first is not None else None) or "suite"
     rec = next((r for r in records if r.dataset == dataset and r.config), None)
@@ -160,7 +161,8 @@ def differences(ours: Setting, published: Setting) -> list[str]:
             out.append(f"we evaluate on the {ours.split} split ({_size(ours.images, ours.captions)}), "
                        f"the paper on the test split ({_size(published.images, published.captions)})")
         elif ours.images is None:
-            out.append(f"our test split's size is not recorded (the paper's: {_size(published.images, published.captions)})")
+            out.append("our test split's size is not recorded "
+                       f"(the paper's: {_size(published.images, published.captions)})")
         elif (ours.images, ours.captions) != (published.images, published.captions if published.captions is not None
                                                 else ours.captions):
             out.append(f"test split of {_size(ours.images, ours.captions)}, "
