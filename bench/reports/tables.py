@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 import re
-from decimal import ROUND_HALF_UP, Decimal
 from collections.abc import Mapping, Sequence
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,6 @@ import pandas as pd
 
 from bench.core.errors import UserError
 from bench.protocol.selection import SELECTION_LABELS
-from bench.reports.setting import Setting, attach_settings, comparability_note, published_setting
 from bench.reports.records import (
     FULL,
     METRIC_ORDER,
@@ -29,6 +28,7 @@ from bench.reports.records import (
     blocks,
     method_order,
 )
+from bench.reports.setting import Setting, attach_settings, comparability_note, published_setting
 
 BUNDLED_REFERENCE = Path(__file__).resolve().parent / "reference" / "paper_results.csv"
 REFERENCE_COLUMNS = ("source", "dataset", "pairs", "method", "metric", "value", "std")
