@@ -48,8 +48,11 @@ def _grid(tmp_path: Path, epochs: int, fail: bool, budgets: list[int]):
 
 
 def _shown(record_file: Path, metric: str = "mean") -> str:
-    """The "mean ± std" a table shows for a record's ``metric``."""
-    summary = json.loads(record_file.read_text())["summary"][metric]
+    """The "mean ± std" a table shows for a record's ``metric`` ("mean" alone for one evaluation run)."""
+    record = json.loads(record_file.read_text())
+    summary = record["summary"][metric]
+    if len(record["per_seed"]) == 1:
+        return f"{summary['mean']:.1f}"
     return f"{summary['mean']:.1f} ± {summary['std']:.1f}"
 
 
@@ -78,6 +81,9 @@ def test_changed_recipe_and_a_failing_cell_show_no_stale_number(tmp_path, capsys
     shown = {r.cell_id for r in results.records}
     assert shown == {"embedded__full", "embedded__random__b10__s0"}  # nothing stale, nothing foreign
     assert all(r.cell_hash == run.hashes[r.cell_id] for r in results.records)
+    # Every record says how big each split was (the tables compare the test split with the paper's).
+    assert {r.cell_id: r.split_sizes["test"] for r in results.records} == {
+        c: {"images": 10, "captions": 50} for c in shown}
     assert results.missing == {"embedded__test-switch__b10__s0": "failed: RuntimeError: switched off by the test"}
     # The old record of the failing cell was moved aside (with its set and picture), under the
     # hash of the recipe that made it.

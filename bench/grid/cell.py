@@ -147,6 +147,8 @@ def build_record(grid: GridConfig, resolved: ResolvedCell, data: PreparedDataset
         budget=cell.budget, method_seed=cell.method_seed, cell_id=cell.id, cell_hash=resolved.hash,
         method_name=cls.name, method_params=to_dict(resolved.params), kind=cls.kind, n_pairs=len(output.pairs),
         eval_seeds=list(grid.evaluation.seeds), eval_split=grid.evaluation.split, eval_recipe=to_dict(train_cfg),
+        split_sizes={s: {"images": data.dataset.split(s).n_images, "captions": data.dataset.split(s).n_captions}
+                     for s in ("train", "val", "test")},
         learned_lrs=output.learned_lrs, summary=summarize(results), eval_protocol=headline.protocol.name,
         evaluations=[{"student": v.student, "protocol": v.protocol.name, "eval_recipe": to_dict(v.train),
                       "learned_lrs": learned_lrs_of(v, output), "per_seed": [r.as_dict() for r in rs],

@@ -9,7 +9,8 @@ Schema versions:
   1  records written before this module existed (no ``schema_version`` key; same field names)
   2  ``schema_version``; failure records carry ``cell_hash``; ``grid.json`` names the current grid;
      later, with defaults (so still version 2): ``per_seed[i]["curve"]`` (evaluation curves),
-     ``eval_protocol`` and ``evaluations`` (the set on other students and under other protocols)
+     ``eval_protocol`` and ``evaluations`` (the set on other students and under other protocols),
+     ``split_sizes`` (images and captions per split)
 
 Adding a field (e.g. facts about soft targets): give :class:`CellRecord` a new field *with a
 default* (``None`` or an empty container) in the section it belongs to, fill it where the
@@ -118,6 +119,9 @@ class CellRecord(_Stored):
     n_pairs: int | None = None
     eval_seeds: list[int] = field(default_factory=list)
     eval_split: str | None = None
+    #: The dataset's size as evaluated: split -> {"images", "captions"} (empty in records written
+    #: before it existed); the tables compare the test split with the published one.
+    split_sizes: dict[str, dict[str, int]] = field(default_factory=dict)
     eval_recipe: dict[str, Any] | None = None
     learned_lrs: dict[str, float] | None = None
     summary: dict[str, dict[str, float]] = field(default_factory=dict)  # metric -> {"mean", "std"}

@@ -29,14 +29,18 @@ def has_curves(records: Sequence[CellRecord]) -> bool:
 def render_tables(records: Sequence[CellRecord], dataset: str, missing: dict[str, str] | None = None,
                   select: str = "final", reference=None, source: str = "vl-distill"):  # noqa: ANN001, ANN201
     """The paper tables of one dataset: one per (student, protocol) block, in ``select``'s rule
-    (with an ``optimism`` row when it is not ``final``)."""
+    (with an ``optimism`` row when it is not ``final``); with a ``reference``, each caption says
+    where the block's setting (read from the records) differs from the published one."""
     from bench.reports.records import aggregate, blocks
+    from bench.reports.setting import our_setting
     from bench.reports.tables import paper_table
 
     agg = aggregate(records, select)
     final = aggregate(records) if select != "final" else None
     return [paper_table(agg, dataset, reference=reference, source=source, missing=missing, student=student,
-                        protocol=protocol, select=select, final=final) for student, protocol in blocks(agg, dataset)]
+                        protocol=protocol, select=select, final=final,
+                        setting=our_setting(records, dataset, student, protocol, select))
+            for student, protocol in blocks(agg, dataset)]
 
 
 def write_reports(results_dir: str | Path, datasets: list[str], results: GridResults) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Sequence
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from bench.reports.records import (
     blocks,
     method_order,
 )
+from bench.reports.setting import Setting, attach_settings, comparability_note, published_setting
 
 BUNDLED_REFERENCE = Path(__file__).resolve().parent / "reference" / "paper_results.csv"
 REFERENCE_COLUMNS = ("source", "dataset", "pairs", "method", "metric", "value", "std")
@@ -38,13 +40,6 @@ SOURCE_TITLES: Mapping[str, str] = {
     "repblend": "Beyond Modality Collapse: Representations Blending for Multimodal Dataset Distillation "
                 "(NeurIPS 2025)",
     "mdm": "Multimodal Distribution Matching for Vision-Language Dataset Distillation (CVPR 2026)",
-}
-#: The evaluation rule behind each source's numbers (bench.reports.reference/SOURCE.md).
-SOURCE_RULES: Mapping[str, str] = {
-    "vl-distill": "final epoch (51 epochs of training)",
-    "lors": "best test evaluation of every 10 epochs (test-selected, optimistic)",
-    "repblend": "best test evaluation of every 20 epochs (test-selected, optimistic)",
-    "mdm": "test evaluation at epochs 99 and 100",
 }
 #: Rows below the recalls of each budget: the normalised score and the selection's optimism.
 NORM = "norm"
@@ -88,6 +83,8 @@ def load_reference(path_or_alias: str | os.PathLike[str]) -> pd.DataFrame:
         ref[col] = numbers.astype(float)
     _check_published_values(ref, path)
     ref["pairs"] = ref["pairs"].str.strip()
+    ref = attach_settings(ref, path)
+    ref.attrs["file"] = "the bundled paper_results.csv" if path == BUNDLED_REFERENCE else str(path)
     return ref
 
 
@@ -123,6 +120,12 @@ def _fmt(mean: float, std: float | None, decimals: int | None = 1) -> str:
     if std is None or pd.isna(std):
         return text(mean)
     return f"{text(mean)} \u00b1 {text(std)}"
+
+
+def _rule(ref: pd.DataFrame, source: str, dataset: str) -> str:
+    """The selection rule behind a source's numbers, from the reference's ``rule`` column."""
+    published = published_setting(ref, source, dataset)
+    return published.rule if published is not None and published.rule else "rule not recorded"
 
 
 def _published_mean(pubs: pd.DataFrame, source: str, method: str, pairs: str) -> float | None:
@@ -193,8 +196,10 @@ def paper_table(
     protocol: str | None = None,
     select: str = "final",
     final: pd.DataFrame | None = None,
+    setting: Setting | None = None,
 ) -> pd.DataFrame:
-    """Rows (pairs, metric), columns methods then ``full``; strings "mean ± std" or "–".
+    """Rows (pairs, metric), columns methods then ``full``; strings "mean ± std" or "–"
+    ("mean" alone for a cell of one evaluation run: n = 1, no spread).
 
     One block of ``agg`` (:func:`bench.reports.records.aggregate` under the rule ``select``):
     the runs of ``student`` under ``protocol`` (None: the first of the dataset's). Below the
@@ -209,7 +214,10 @@ def paper_table(
     With ``reference`` (see :func:`load_reference`), each of our columns that has published
     numbers for this dataset gets a "<method> (paper)" column right after it (only budgets we
     ran are shown), with the source's own ``norm`` where it publishes random and full rows.
-    ``aliases`` maps our method names to the CSV's (default: full -> full-data).
+    ``aliases`` maps our method names to the CSV's (default: full -> full-data). The caption
+    then says where ``setting`` (ours: :func:`bench.reports.setting.our_setting`) differs from
+    each source's published setting (test split, image tower, resolution, protocol), or that
+    the reference has no numbers for ``dataset``.
     ``table.attrs`` holds ``caption``, ``dataset``, ``sources`` and ``reference_choice``.
     """
     if agg[agg["dataset"] == dataset].empty:
@@ -247,7 +255,7 @@ def paper_table(
                 values.append(MISSING if picked is None or last is None else f"{picked[0] - last:+.1f}")
                 continue
             cell = ours.get((method, FULL if is_full else budget, metric))
-            values.append(MISSING if cell is None else _fmt(cell[0], cell[1]))
+            values.append(MISSING if cell is None else _fmt(cell[0], None if cell[2] == 1 else cell[1]))
             ns += [] if cell is None else [cell[2]]
         columns[method] = values
         pub_name, pub_pairs = aliases.get(method, method), (lambda b: FULL if is_full else str(b))
@@ -262,11 +270,13 @@ def paper_table(
     table = pd.DataFrame(columns, index=index)
     table.columns.name = "method"
     runs = f"{min(ns)}" if ns and min(ns) == max(ns) else (f"{min(ns)}-{max(ns)}" if ns else "0")
+    spread = ("one evaluation run per cell (n = 1: no std)" if runs == "1" else
+              f"mean ± std over {runs} pooled evaluation runs per cell" + (" (a cell of one run shows no std)"
+                                                                          if 1 in ns else ""))
     splits = "/".join(sorted(set(data["split"].dropna()))) or "?"
     caption = (f"{dataset}: retrieval recall (%) on the {splits} split, {SELECTION_LABELS[select]}, "
-               f"student {student}, protocol {protocol}; mean ± std over {runs} pooled evaluation runs "
-               f"per cell; {'/'.join(full_cols)} = model trained on the whole training set; norm = (method - random) "
-               f"/ ({'/'.join(full_cols)} - random) on the mean recall.")
+               f"student {student}, protocol {protocol}; {spread}; {'/'.join(full_cols)} = model trained on the "
+               f"whole training set; norm = (method - random) / ({'/'.join(full_cols)} - random) on the mean recall.")
     if no_norm:
         caption += (" norm –: no random row at that budget or no full row in this block, or full less "
                     f"than {MIN_NORM_GAP} points above random.")
@@ -274,8 +284,11 @@ def paper_table(
         caption += f" optimism = {select}-selected minus final mean recall."
     if used_sources:
         caption += " (paper) = published: " + "; ".join(
-            f"{s}: {SOURCE_TITLES.get(s, s)}, reporting the {SOURCE_RULES.get(s, 'rule not recorded')}"
+            f"{s}: {SOURCE_TITLES.get(s, s)}, reporting the {_rule(reference, s, dataset)}"
             for s in used_sources) + "."
+    if reference is not None:
+        caption += comparability_note(setting, reference, dataset, used_sources,
+                                      reference.attrs.get("file", "the reference file"))
     ours_missing = {c: why for c, why in (missing or {}).items() if c.startswith(f"{dataset}__")}
     if ours_missing:
         caption += " Missing (no current result): " + "; ".join(f"{c} ({why})" for c, why in ours_missing.items()) + "."
@@ -285,8 +298,10 @@ def paper_table(
     return table
 
 
-def _mean_cells(data: pd.DataFrame) -> dict[tuple[str, Any], tuple[float, float]]:
-    return {(r.method, r.budget): (r.mean, r.std) for r in data[data["metric"] == "mean"].itertuples()}
+def _mean_cells(data: pd.DataFrame) -> dict[tuple[str, Any], tuple[float, float | None]]:
+    """(method, budget) -> (mean, std) of the mean recall; std None for one run (shown without ±)."""
+    return {(r.method, r.budget): (r.mean, None if r.n == 1 else r.std)
+            for r in data[data["metric"] == "mean"].itertuples()}
 
 
 def selection_table(aggs: Mapping[str, pd.DataFrame], dataset: str, student: str = SOURCE,
@@ -371,7 +386,7 @@ def mean_table(agg: pd.DataFrame, dataset: str, metric: str = "mean", student: s
     if data.empty:
         raise ValueError(f"no {metric!r} results for dataset {dataset!r}")
     budgets = sorted({int(b) for b in data["budget"] if b != FULL})
-    cells = {(r.method, r.budget): _fmt(r.mean, r.std) for r in data.itertuples()}
+    cells = {(r.method, r.budget): _fmt(r.mean, None if r.n == 1 else r.std) for r in data.itertuples()}
     full_rows = sorted(data.loc[data["budget"] == FULL, "method"].unique())
     rows = {m: [cells.get((m, b), MISSING) for b in budgets] for m in method_order(data)}
     rows.update({m: [cells[(m, FULL)]] * max(len(budgets), 1) for m in full_rows})
@@ -391,9 +406,56 @@ def latex_escape(value: object) -> str:
     return text.replace("\u00b1", r"$\pm$").replace(MISSING, "--")
 
 
+#: The preamble a rendered LaTeX table needs, written as its first lines.
+LATEX_PACKAGES = ("booktabs", "multirow", "graphicx")
+LATEX_HEADER = (
+    "% Generated by vl-distill-bench (run_bench.py table --format latex).\n"
+    "% Needs in the preamble: " + " ".join(r"\usepackage{%s}" % p for p in LATEX_PACKAGES) + "\n"
+    r"% (booktabs: the rules; multirow: the budget labels; graphicx: \resizebox, which shrinks a table wider"
+    "\n"
+    r"% than the text to \linewidth and leaves a narrower one as it is)."
+    "\n")
+#: Decimals of every number in a LaTeX table: recalls (ours and published) and optimism 1, norm 2.
+LATEX_DECIMALS = {"recall": 1, NORM: 2}
+_NUMBER = re.compile(r"([-+]?)(\d+(?:\.\d+)?)")
+
+
+def _decimals(text: str, places: int) -> str:
+    """Every number of a cell with ``places`` decimals, rounded half up from the printed digits
+    (a published "27.32" -> "27.3"; a sign kept as written)."""
+    quantum = Decimal(1).scaleb(-places)
+    return _NUMBER.sub(lambda m: m.group(1) + str(Decimal(m.group(2)).quantize(quantum, rounding=ROUND_HALF_UP)),
+                       text)
+
+
+def uniform_decimals(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` (strings) with each number at :data:`LATEX_DECIMALS`: in the ``norm`` row or a
+    column named for norm 2 decimals, everywhere else 1, so no column mixes the papers' one and
+    two decimals with ours."""
+    level = list(table.index.names).index("metric") if "metric" in table.index.names else None
+    out = table.astype(str)
+    for i, key in enumerate(table.index):
+        metric = (key[level] if isinstance(key, tuple) else key) if level is not None else None
+        for j, column in enumerate(table.columns):
+            norm = metric == NORM or "norm" in str(column)
+            out.iat[i, j] = _decimals(out.iat[i, j], LATEX_DECIMALS[NORM] if norm else LATEX_DECIMALS["recall"])
+    return out
+
+
+def _latex_cell(value: str) -> str:
+    """An escaped cell, the std after the mean in \\scriptsize (the compact style of the papers)."""
+    mean, sep, std = value.partition(" \u00b1 ")
+    return latex_escape(mean) + (r"{\scriptsize $\pm$" + latex_escape(std) + "}" if sep else "")
+
+
 def _latex(table: pd.DataFrame, caption: str) -> str:
-    """booktabs rules (``hrules``) and \\multirow budget labels: needs booktabs + multirow."""
-    esc = table.map(latex_escape)
+    """A compact table float: :data:`LATEX_HEADER` names the packages; booktabs rules,
+    \\multirow budget labels, \\small with narrow column gaps, the std in \\scriptsize, one
+    header row, numbers at :data:`LATEX_DECIMALS`, and a \\resizebox that fits the text width."""
+    shown = uniform_decimals(table)
+    if not shown.equals(table.astype(str)):
+        caption += " Published numbers rounded to one decimal (norm: two)."
+    esc = shown.map(_latex_cell)
     esc.columns = [latex_escape(c) for c in table.columns]
     if isinstance(table.index, pd.MultiIndex):
         esc.index = pd.MultiIndex.from_tuples([tuple(latex_escape(v) for v in t) for t in table.index],
@@ -408,7 +470,18 @@ def _latex(table: pd.DataFrame, caption: str) -> str:
     )
     # booktabs style: a \midrule between budget blocks, none before \bottomrule.
     text = re.sub(r"\\cline\{[0-9-]+\}\n\\bottomrule", r"\\bottomrule", text)
-    return re.sub(r"\\cline\{[0-9-]+\}", r"\\midrule", text)
+    text = re.sub(r"\\cline\{[0-9-]+\}", r"\\midrule", text)
+    # One header row: the index names take the empty first cells of the column names' row.
+    names = [latex_escape(n) for n in table.index.names if n is not None]
+    if len(names) == table.index.nlevels:
+        names_row = " & ".join(names) + " & " + " & ".join([""] * table.shape[1]) + " \\\\\n"
+        head = "\\toprule\n" + " & " * table.index.nlevels
+        if head in text and names_row in text:
+            text = text.replace(names_row, "", 1).replace(head, "\\toprule\n" + " & ".join(names) + " & ", 1)
+    text = text.replace("\\centering\n", "\\centering\n\\small\n\\setlength{\\tabcolsep}{3pt}\n", 1)
+    text = text.replace("\\begin{tabular}", "\\resizebox{\\ifdim\\width>\\linewidth\\linewidth\\else\\width\\fi}{!}{%\n"
+                        "\\begin{tabular}", 1).replace("\\end{tabular}\n", "\\end{tabular}}\n", 1)
+    return LATEX_HEADER + text
 
 
 def render(table: pd.DataFrame, fmt: str, caption: str | None = None) -> str:
