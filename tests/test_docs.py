@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-PAGES = ("architecture.md", "protocol.md", "methods.md", "environment.md", "recipes.md")
+PAGES = ("architecture.md", "protocol.md", "methods.md", "environment.md", "recipes.md", "guide.md", "results.md")
 
 
 def test_readme_points_to_every_page():
