@@ -399,8 +399,9 @@ def _pids_of(pattern: str) -> list[int]:
 @pytest.mark.timeout(300)
 def test_ray_head_stops_by_its_pid(tmp_path):
     """The README's cluster block, run as written on a free port: the head starts with one pid,
-    its address file stays in its own temp dir, `pgrep` + the GCS's parent find that pid, and
-    `kill` of that one pid ends every process of that head."""
+    its address file stays in its own temp dir (where a plain ray.init() would find and join it),
+    `pgrep` + the GCS's parent find that pid, and `kill` of that one pid ends every process of
+    that head."""
     block = next(s for s in BASH_SNIPPETS if s.file == "README.md" and "ray start --head" in s.text)
     port = _free_port()
     lines = [line.replace("6390", str(port)) for line in block.text.splitlines()]
@@ -414,14 +415,21 @@ def test_ray_head_stops_by_its_pid(tmp_path):
     subprocess.run(["bash", "-c", "\n".join(start)], cwd=tmp_path, env=env, check=True, timeout=60)
     head = int((tmp_path / "ray-head.pid").read_text())
     try:
+        log = tmp_path / "ray-head.log"  # opened by the background job, maybe after bash returned
         deadline = time.monotonic() + 180
-        while "address='" not in (tmp_path / "ray-head.log").read_text() and time.monotonic() < deadline:
+        while not (log.exists() and "address='" in log.read_text()) and time.monotonic() < deadline:
             time.sleep(1)
-        address = re.search(r"address='([^']*)'", (tmp_path / "ray-head.log").read_text())
-        assert address and address.group(1).endswith(f":{port}"), (tmp_path / "ray-head.log").read_text()[-2000:]
+        address = re.search(r"address='([^']*)'", log.read_text())
+        assert address and address.group(1).endswith(f":{port}"), log.read_text()[-2000:]
         assert (Path(temp_dir) / "ray_current_cluster").read_text().strip().endswith(f":{port}")
         shared = Path("/tmp/ray/ray_current_cluster")
         assert not shared.exists() or not shared.read_text().strip().endswith(f":{port}")
+        # Why the README gives the head its own --temp-dir: a plain ray.init() (a run without
+        # --ray-address) joins the head recorded in its temp dir's address file.
+        joined = subprocess.run([sys.executable, "-c", "import ray; ray.init(_temp_dir=%r, include_dashboard=False); "
+                                 "print('GCS', ray.get_runtime_context().gcs_address)" % temp_dir],
+                                capture_output=True, text=True, env=env, timeout=120)
+        assert f"GCS {address.group(1)}" in joined.stdout, joined.stderr[-2000:]
         gcs = _pids_of(f"gcs_server.*--gcs_server_port={port}")
         assert len(gcs) == 1
         parent = subprocess.run(["ps", "-o", "ppid=", "-p", str(gcs[0])], capture_output=True, text=True).stdout
