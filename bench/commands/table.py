@@ -108,6 +108,11 @@ def table_command(args: argparse.Namespace) -> int:
         text = render(pd.concat(tables, keys=keys, names=["dataset", "student", "protocol"]).fillna("\u2013"), "csv")
     else:
         text = "\n".join(render(t, args.format) for t in tables)
+    from bench.reports.tuning import tuning_table
+
+    tuned = [t for t in (tuning_table(records, d) for d in datasets) if t is not None]
+    if tuned and args.format != "csv":  # how the parameters were chosen, after the tables
+        text = text.rstrip("\n") + "\n\n" + "\n".join(render(t, args.format) for t in tuned)
     if args.output:
         write_text_atomic(args.output, text)
         print(f"wrote {args.output}", file=sys.stderr)

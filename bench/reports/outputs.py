@@ -15,7 +15,7 @@ TABLE_FORMATS = (("markdown", "md"), ("latex", "tex"), ("csv", "csv"))
 def report_paths(results_dir: str | Path, dataset: str) -> list[Path]:
     """Every file :func:`write_reports` may write for ``dataset`` (the curve plots by glob)."""
     root = Path(results_dir)
-    tables = [root / "tables" / f"{dataset}{part}.{suffix}" for part in ("", "_selection", "_students")
+    tables = [root / "tables" / f"{dataset}{part}.{suffix}" for part in ("", "_selection", "_students", "_tuning")
               for _, suffix in TABLE_FORMATS]
     return tables + [root / "plots" / f"{dataset}_recall_vs_budget.png",
                      *sorted((root / "plots").glob(f"{dataset}_curves_b*.png"))]
@@ -35,12 +35,18 @@ def render_tables(records: Sequence[CellRecord], dataset: str, missing: dict[str
     from bench.reports.setting import our_setting
     from bench.reports.tables import paper_table
 
+    from bench.reports.tuning import tuning_caption
+
     agg = aggregate(records, select)
     final = aggregate(records) if select != "final" else None
-    return [paper_table(agg, dataset, reference=reference, source=source, missing=missing, student=student,
-                        protocol=protocol, select=select, final=final,
-                        setting=our_setting(records, dataset, student, protocol, select))
-            for student, protocol in blocks(agg, dataset)]
+    tables = [paper_table(agg, dataset, reference=reference, source=source, missing=missing, student=student,
+                          protocol=protocol, select=select, final=final,
+                          setting=our_setting(records, dataset, student, protocol, select))
+              for student, protocol in blocks(agg, dataset)]
+    how = tuning_caption([r for r in records if r.dataset == dataset])
+    for table in tables:  # every caption says how the parameters were chosen
+        table.attrs["caption"] = f"{table.attrs.get('caption', '')} {how}".strip()
+    return tables
 
 
 def write_reports(results_dir: str | Path, datasets: list[str], results: GridResults) -> None:
@@ -56,6 +62,7 @@ def write_reports(results_dir: str | Path, datasets: list[str], results: GridRes
     from bench.reports.plots import plot_curves, plot_recall_vs_budget
     from bench.reports.records import FULL, aggregate, blocks
     from bench.reports.tables import render, selection_table, students_table
+    from bench.reports.tuning import tuning_table
 
     root = Path(results_dir)
     for dataset in datasets:
@@ -82,6 +89,9 @@ def write_reports(results_dir: str | Path, datasets: list[str], results: GridRes
             if len({s for s, _ in blocks(agg, dataset)}) > 1:
                 protocols = list(dict.fromkeys(p for _, p in blocks(agg, dataset)))
                 write("_students", [students_table(agg, dataset, p) for p in protocols])
+            tuned = tuning_table(records, dataset)
+            if tuned is not None:
+                write("_tuning", [tuned])
             if (agg["budget"] != FULL).any():
                 written.add(plot_recall_vs_budget(agg, dataset, root / "plots" / f"{dataset}_recall_vs_budget.png"))
         for path in report_paths(root, dataset):
