@@ -82,6 +82,7 @@ class Group:
     trials: list[Trial] = field(default_factory=list)
     chosen: Trial | None = None
     audit: dict[str, Any] | None = None
+    recipe: dict[str, Any] | None = None  # the entry's own values of the space (its first trial)
 
     @property
     def key(self) -> tuple[str, str, int]:
@@ -114,6 +115,9 @@ class _Proposer:
         self.space = {k: v for k, v in group.space.items() if k != snapshot_param}
         seed = int(stable_hash([tuning.seed, *group.key])[:8], 16)
         self.pending: list[Any] = []
+        recipe = recipe_point(group, self.space)
+        full = recipe_point(group, group.space)
+        group.recipe = full
         discrete = all(isinstance(d, Choice) for d in self.space.values())
         if tuning.sampler == "grid" or (tuning.sampler == "random" and discrete):
             # Random over lists of values = the grid in a seeded random order: no point twice.
@@ -122,6 +126,8 @@ class _Proposer:
             points = grid_points(self.space, f"{group.spec.key}: search")
             order = np.random.default_rng(seed).permutation(len(points))
             self.points = [points[i] for i in order]
+            if recipe is not None:  # the entry's own recipe first
+                self.points = [recipe] + [p for p in self.points if p != recipe]
             self.study = None
         else:
             import optuna
@@ -131,6 +137,9 @@ class _Proposer:
                        optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(tuning.batch, tuning.trials)))
             self.study = optuna.create_study(direction="maximize", sampler=sampler)
             self.distributions = {name: _distribution(dim) for name, dim in self.space.items()}
+            if recipe is not None:  # the entry's own recipe first
+                self.study.enqueue_trial({name: dim.values.index(recipe[name]) if isinstance(dim, Choice) else recipe[name]
+                                          for name, dim in self.space.items()})
         self.asked = 0
 
     @property
@@ -163,6 +172,24 @@ class _Proposer:
             else:
                 self.study.tell(trial, value)
         self.pending = []
+
+
+def recipe_point(group: Group, space: Space) -> dict[str, Any] | None:
+    """The entry's own values of the space's parameters, when each lies in its dimension: the
+    first trial, so that tuning never chooses below the recipe on val, and the record says how
+    far the recipe was from the choice. None when some value lies outside the space."""
+    cls = get_method(group.spec.name)
+    resolved = to_dict(from_dict(cls.Params, group.spec.params_for(group.budget)))
+    point = {}
+    for name, dim in space.items():
+        value = resolved.get(name)
+        if isinstance(dim, Choice):
+            if value not in dim.values:
+                return None
+        elif not (isinstance(value, (int, float)) and dim.low <= value <= dim.high):
+            return None
+        point[name] = value
+    return point
 
 
 def _distribution(dim: Choice | Range) -> Any:
@@ -277,7 +304,8 @@ class TuningResult:
         block = {"trials": [t.summary() for t in group.trials], "chosen": group.chosen.values if group.chosen else None,
                  "chosen_label": group.chosen.label if group.chosen else None, "sampler": tuning.sampler,
                  "seed": tuning.seed, "runs": tuning.trials, "split": TRIAL_SPLIT,
-                 "eval_seeds": list(tuning.eval_seeds or self.grid.evaluation.seeds), "cost_s": group.cost_s}
+                 "eval_seeds": list(tuning.eval_seeds or self.grid.evaluation.seeds), "cost_s": group.cost_s,
+                 "recipe": group.recipe}
         if group.audit is not None:
             block["audit"] = group.audit
         return block

@@ -44,10 +44,12 @@ def tuning_table(records: Sequence[CellRecord], dataset: str) -> pd.DataFrame | 
         trials = t.get("trials") or []
         chosen = next((x for x in trials if x.get("label") == t.get("chosen_label")), None)
         audit = t.get("audit") or {}
+        recipe = next((x for x in trials if t.get("recipe") is not None and x.get("params") == t["recipe"]), None)
         row = {
             "chosen": _values(t.get("chosen")),
             "val mean": "–" if chosen is None or chosen.get("val_mean") is None else
                         f"{chosen['val_mean']:.2f} ± {chosen.get('val_std') or 0:.2f}",
+            "recipe val": "–" if recipe is None or recipe.get("val_mean") is None else f"{recipe['val_mean']:.2f}",
             "trials": len(trials),
             "failed": sum(1 for x in trials if x.get("val_mean") is None),
             "cost s": round(float(t.get("cost_s") or 0.0)),
@@ -68,7 +70,8 @@ def tuning_table(records: Sequence[CellRecord], dataset: str) -> pd.DataFrame | 
         f"{dataset}: parameters chosen on val ({first['sampler']} sampler, seed {first['seed']}, up to "
         f"{first['runs']} method runs per method and budget, a trajectory method's run evaluated at each "
         "iterations value of its space, so trials counts evaluations; val mean ± std of the chosen trial over its "
-        f"{len(first.get('eval_seeds') or [])} evaluation seed(s)); cost s = seconds of all its trials"
+        f"{len(first.get('eval_seeds') or [])} evaluation seed(s)); recipe val = the config's own values, the first "
+        "trial (– when they lie outside the space); cost s = seconds of all its trials"
         + ("; audit: Kendall's tau between the trials' val and test means, and the test mean the val choice "
            "lost against the best trial on test (measured after the choice; never used for it)"
            if any("tau val-test" in row for row in rows.values()) else "") + ".")
