@@ -7,7 +7,6 @@ unknown method names (with close matches) and each method's own parameters (agai
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +14,6 @@ from typing import Any, Literal
 
 from bench.core.config import (
     ConfigError,
-    apply_overrides,
     check_keys,
     check_path_name,
     check_unique,
@@ -28,6 +26,7 @@ from bench.core.env import device_problem, device_syntax_problem
 from bench.core.io import stable_hash
 from bench.data.datasets import DatasetConfig
 from bench.distill.experts import ExpertConfig
+from bench.grid.budget_overrides import apply_grid_overrides, warn_dropped
 from bench.methods_api import Method
 from bench.models.image_encoders import encoder_fit_problem
 from bench.models.student import ModelConfig
@@ -386,9 +385,9 @@ def check_expert_epochs(grid: GridConfig, spec: MethodSpec, params: Any, where: 
     cls = get_method(spec.name)
     needed = cls.expert_epochs_needed(params) if cls.uses_experts else 0
     if needed > grid.experts.epochs:
-        raise ConfigError(f"{where}: these parameters read {needed} expert epochs (e.g. max_start_epoch + "
-                          f"expert_epochs), but experts.epochs is {grid.experts.epochs}; raise experts.epochs "
-                          "or lower max_start_epoch")
+        raise ConfigError(f"{where}: these parameters read {needed} expert epochs "
+                          f"({cls.expert_epochs_reason(params)}), but experts.epochs is {grid.experts.epochs}; "
+                          f"raise experts.epochs to {needed} or lower those parameters")
 
 
 def check_model_fits(grid: GridConfig) -> None:
@@ -424,7 +423,7 @@ def _blame(raw: dict[str, Any], overrides: list[str], message: str, path: str | 
     already fails that way, else the first ``--set`` override that brings it in."""
     for k in range(len(overrides) + 1):
         try:
-            build_grid(apply_overrides(copy.deepcopy(raw), overrides[:k]))
+            build_grid(apply_grid_overrides(raw, overrides[:k])[0])
         except ConfigError as exc:
             if str(exc) == message:
                 return str(path) if k == 0 else f"--set {overrides[k - 1]!r}"
@@ -437,8 +436,10 @@ def load_grid(path: str | Path, overrides: list[str] | None = None, raw: dict[st
     data when the caller read it already (:func:`bench.core.config.load_yaml`)."""
     overrides = list(overrides or [])
     raw = load_yaml(path) if raw is None else raw  # its errors name the file
-    data = apply_overrides(copy.deepcopy(raw), overrides)  # its errors name the override
+    data, dropped = apply_grid_overrides(raw, overrides)  # its errors name the override
     try:
-        return build_grid(data)
+        grid = build_grid(data)
     except ConfigError as exc:
         raise ConfigError(f"{_blame(raw, overrides, str(exc), path)}: {exc}") from None
+    warn_dropped(dropped, overrides)  # --set budgets=[...] dropped the entries of removed budgets
+    return grid
