@@ -163,3 +163,20 @@ def test_smoke_config_runs_every_paper_method_from_the_documented_commands(tmp_p
     # The budget_params of the 200-pair budget, kept at 20 pairs, reached their cells.
     assert records["toy__lors__b20__s0.json"]["method_params"]["max_start_epoch"] == 3
     assert records["toy__lors__b10__s0.json"]["method_params"]["max_start_epoch"] == 2
+
+
+def test_the_documented_scale_down_command_loads(tmp_path, monkeypatch):
+    """docs/real_data.md's example of cutting the paper grid down is a grid that loads."""
+    import re
+    import shlex
+
+    from bench.grid.spec import load_grid
+
+    text = (REPO / "docs" / "real_data.md").read_text()
+    (command,) = re.findall(r"^python run_bench.py --config configs/flickr30k.yaml .*?(?<!\\)$", text, re.M | re.S)
+    words = shlex.split(command.replace("\\\n", " "))
+    sets = [words[i + 1] for i, w in enumerate(words) if w == "--set"]
+    monkeypatch.chdir(tmp_path)
+    with pytest.warns(UserWarning, match="dropped the entries of budgets no longer run"):
+        grid = load_grid(REPO / "configs" / "flickr30k.yaml", sets)
+    assert grid.budgets == (100,) and grid.experts.epochs == 3 and len(grid.methods) == 8
