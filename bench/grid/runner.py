@@ -8,7 +8,8 @@ Where things live:
 
 :class:`GridRun` does what happens once per run, in the driver: validate the output and cache
 directories before any compute, check every dataset's files and every budget against its size
-(from the annotations, before any image is decoded), prepare every dataset, write ``grid.json`` (the cells and hashes the reports will show), move the records of an older
+(from the annotations, before any image is decoded), prepare every dataset, write
+``grid.json`` (the cells and hashes the reports will show), move the records of an older
 recipe of a planned cell aside, skip finished cells, hand the rest to an executor and write a
 failure record for every cell that failed. A cell writes its own record, so a killed driver
 loses at most the cells in flight; re-running skips every cell whose record has the same hash
