@@ -170,6 +170,13 @@ class Method(ABC):
         leaves fewer pairs than the budget)."""
         return None
 
+    @classmethod
+    def expert_epochs_reason(cls, params: Any) -> str:
+        """The parameters behind :meth:`expert_epochs_needed`, with their values, as the
+        load-time error names them (e.g. ``max_start_epoch 2 + expert_epochs 1``): each method
+        names its own, so the error never asks for a parameter the method does not have."""
+        return "the method's parameters"
+
     @abstractmethod
     def run(self, ctx: MethodContext, budget: int, seed: int) -> MethodOutput:
         """Produce a set of ``budget`` pairs. Every random choice derives from ``seed``."""

@@ -256,3 +256,21 @@ def test_experts_too_short_for_the_teacher_are_refused_when_the_grid_loads(param
                                           r"epochs .* but experts.epochs is 5"):
         validate_methods(grid)
     validate_methods(replace(grid, experts=replace(grid.experts, epochs=needed)))  # long enough: accepted
+
+
+@pytest.mark.parametrize("method, params, names", [
+    ("mdm", {"max_epoch": 9}, "(max_epoch 9)"),
+    ("mdm", {"min_epoch": 5, "same_expert": True}, "(min_epoch 5 + 1 for two epochs of one expert (same_expert))"),
+    ("distill-joint", {"max_start_epoch": 5, "expert_epochs": 2}, "(max_start_epoch 5 + expert_epochs 2)"),
+])
+def test_too_short_experts_error_names_the_methods_own_parameters(method, params, names):
+    """mdm has no max_start_epoch: its error names max_epoch (or min_epoch), the matcher's its own."""
+    from bench.core.config import ConfigError, from_dict
+    from bench.grid.spec import GridConfig, validate_methods
+
+    grid = from_dict(GridConfig, {"name": "x", "budgets": [10], "experts": {"epochs": 5},
+                                  "methods": [{"name": method, "params": params}]})
+    with pytest.raises(ConfigError) as err:
+        validate_methods(grid)
+    assert names in str(err.value) and "raise experts.epochs to" in str(err.value)
+    assert ("max_start_epoch" in str(err.value)) == (method != "mdm")

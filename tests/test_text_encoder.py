@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 
-from bench.data import text_encoder as te
 from bench.data.text_encoder import (
     TextEncoder,
     TextEncoderConfig,
     cached_caption_embeddings,
 )
+from bench.data.tiny_bert import caption_words, save_tiny_bert
 
 CAPTIONS = ["a red circle", "two blue squares above a large green striped triangle", "a dog"]
 
@@ -51,14 +49,7 @@ def test_cache_hit_skips_model(tmp_path, monkeypatch):
 
 
 def test_cls_pooling_from_a_local_tiny_bert(tmp_path):
-    from transformers import BertConfig, BertModel
-
-    model_dir = tmp_path / "tiny-bert"
-    torch.manual_seed(0)
-    BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)).save_pretrained(model_dir)
-    src = te.TextEncoderConfig().model_dir()
-    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copy(src / name, model_dir / name)
+    model_dir = save_tiny_bert(tmp_path / "tiny-bert", caption_words(CAPTIONS))
     enc = TextEncoder(TextEncoderConfig(path=str(model_dir), pooling="cls", normalize=False))
     emb = enc.encode(CAPTIONS)
     assert emb.shape == (3, 32)

@@ -251,7 +251,7 @@ def test_a_key_given_twice_in_the_yaml_is_an_error(tmp_path, monkeypatch, capsys
     ("experts.momentum=-0.1", "experts: momentum must be in [0, 1), got -0.1"),
     # item 15: an expert epoch the experts do not record
     ("methods.4.params.max_start_epoch=9", "methods[4] (distill-joint).params: these parameters read 10 expert "
-                                           "epochs (e.g. max_start_epoch + expert_epochs), but experts.epochs is 5"),
+                                           "epochs (max_start_epoch 9 + expert_epochs 1), but experts.epochs is 5"),
     # item 15: a resolution the tower's pooling cannot take
     ("model.image_encoder.depth=6", "datasets[0] (embedded): resolution 32 is not divisible by 2**depth = 64"),
     # item 14: --ray-address with the local executor is a contradiction

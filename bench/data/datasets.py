@@ -10,7 +10,7 @@ import torch
 
 from bench.core.io import bytes_hash, stable_hash
 from bench.data.embedded import EmbeddedSpec, generate_embedded
-from bench.data.karpathy import KarpathySpec, load_karpathy
+from bench.data.karpathy import KarpathySpec, check_karpathy, load_karpathy
 from bench.data.pairs import PairSet, real_pairs
 from bench.data.text_encoder import (
     TextEncoder,
@@ -84,6 +84,19 @@ class PreparedDataset:
 
     def train_pairs(self, indices: torch.Tensor | None = None) -> PairSet:
         return real_pairs(self.dataset.train, self.text_emb["train"], indices)
+
+
+def check_dataset_files(cfg: DatasetConfig) -> int:
+    """Check what a dataset reads, without decoding a pixel or loading a model, and return its
+    number of training pairs: the text encoder's directory holds a model
+    (:class:`bench.data.text_encoder.TextEncoderError`); for Karpathy data, the annotations
+    parse and every image file is there (phases 1 and 2 of :mod:`bench.data.karpathy`,
+    :class:`bench.data.karpathy.AnnotationError`). So a run learns that a budget is too large,
+    or a file missing, before it spends minutes decoding images."""
+    cfg.text_encoder.model_dir()
+    if cfg.source == "embedded":
+        return cfg.embedded.n_train_images * cfg.embedded.captions_per_image
+    return len(check_karpathy(cfg.karpathy).split("train").captions)  # type: ignore[arg-type]
 
 
 def load_dataset(cfg: DatasetConfig, cache_dir: str | Path, progress: bool = False) -> Dataset:

@@ -7,8 +7,9 @@ Where things live:
   bench/grid/store.py                   the results directory (records, failures, grid.json)
 
 :class:`GridRun` does what happens once per run, in the driver: validate the output and cache
-directories before any compute, prepare every dataset (and check the budgets against it),
-write ``grid.json`` (the cells and hashes the reports will show), move the records of an older
+directories before any compute, check every dataset's files and every budget against its size
+(from the annotations, before any image is decoded), prepare every dataset, write
+``grid.json`` (the cells and hashes the reports will show), move the records of an older
 recipe of a planned cell aside, skip finished cells, hand the rest to an executor and write a
 failure record for every cell that failed. A cell writes its own record, so a killed driver
 loses at most the cells in flight; re-running skips every cell whose record has the same hash
@@ -33,6 +34,7 @@ from bench.core.io import (
     is_disk_full,
     remove_stale_temp_files,
 )
+from bench.data.datasets import check_dataset_files
 from bench.grid.cell import failure_record, prepared
 from bench.grid.record import RecordError
 from bench.grid.spec import Cell, GridConfig, grid_models, plan_cells, resolve_cell
@@ -132,16 +134,23 @@ class GridRun:
                 raise ConfigError(f"{key}.{problem}")
 
     def check_budgets(self) -> None:
-        """Every budget fits every dataset's training set, and every method's parameters can
-        produce each of its budgets from it (``Method.budget_problem``: e.g. clip-score's
-        per-image cap, ccs's pruned fraction), before any cell runs."""
+        """Every dataset's files are there and every budget fits its training set, judged from
+        the annotations, ``stat`` and the config alone (:func:`bench.data.datasets.check_dataset_files`):
+        no image is decoded and no model loaded before every dataset passed."""
         for data_cfg in self.grid.datasets:
-            data = prepared(self.grid, data_cfg.name, self.progress)
-            n = data.train.n_captions
+            n = check_dataset_files(data_cfg)
             too_big = [b for b in self.grid.budgets if b > n]
             if too_big:
                 raise ConfigError(f"budgets: budget {too_big[0]} is larger than the training set of "
                                   f"{data_cfg.name} ({n} pairs)")
+
+    def prepare_datasets(self) -> None:
+        """Decode (or map from the cache) and embed every dataset once, in the driver; then
+        every method's parameters must be able to produce each of its budgets from it
+        (``Method.budget_problem``: e.g. clip-score's per-image cap, ccs's pruned fraction),
+        before any cell runs."""
+        for data_cfg in self.grid.datasets:
+            data = prepared(self.grid, data_cfg.name, self.progress)
             for i, spec in enumerate(self.grid.methods):
                 for budget in spec.budgets_of(self.grid.budgets):
                     resolved = resolve_cell(self.grid, Cell(data_cfg.name, spec.key, budget, self.grid.method_seeds[0]))
@@ -186,7 +195,8 @@ class GridRun:
     def run(self) -> GridRun:
         with self.locked():
             self.check_model_files()
-            self.check_budgets()  # also prepares every dataset (and its caches) once, up front
+            self.check_budgets()  # before any image is decoded
+            self.prepare_datasets()  # every dataset (and its caches) once, up front
             self.remove_temp_files()
             self.note_earlier_grid()
             self.store.write_manifest(self.grid.name, self.grid.config_hash, self.hashes)

@@ -7,7 +7,6 @@ unknown method names (with close matches) and each method's own parameters (agai
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,6 @@ from bench.core.config import (
     PATH_FIELD,
     absolute_paths,
     ConfigError,
-    apply_overrides,
     check_keys,
     check_path_name,
     check_unique,
@@ -31,6 +29,7 @@ from bench.core.io import stable_hash
 from bench.data.datasets import DatasetConfig
 from bench.grid.search import TuningConfig
 from bench.distill.experts import ExpertConfig
+from bench.grid.budget_overrides import apply_grid_overrides, warn_dropped
 from bench.methods_api import Method
 from bench.models.image_encoders import encoder_fit_problem
 from bench.models.student import ModelConfig
@@ -424,9 +423,9 @@ def check_expert_epochs(grid: GridConfig, spec: MethodSpec, params: Any, where: 
     cls = get_method(spec.name)
     needed = cls.expert_epochs_needed(params) if cls.uses_experts else 0
     if needed > grid.experts.epochs:
-        raise ConfigError(f"{where}: these parameters read {needed} expert epochs (e.g. max_start_epoch + "
-                          f"expert_epochs), but experts.epochs is {grid.experts.epochs}; raise experts.epochs "
-                          "or lower max_start_epoch")
+        raise ConfigError(f"{where}: these parameters read {needed} expert epochs "
+                          f"({cls.expert_epochs_reason(params)}), but experts.epochs is {grid.experts.epochs}; "
+                          f"raise experts.epochs to {needed} or lower those parameters")
 
 
 def grid_models(grid: GridConfig) -> dict[str, ModelConfig]:
@@ -491,7 +490,7 @@ def _blame(raw: dict[str, Any], sources: list[tuple[str, str]], message: str, pa
     it in."""
     for k in range(len(sources) + 1):
         try:
-            build(apply_overrides(copy.deepcopy(raw), [o for o, _ in sources[:k]]))
+            build(apply_grid_overrides(raw, [o for o, _ in sources[:k]])[0])
         except ConfigError as exc:
             if str(exc) == message:
                 return str(path) if k == 0 else sources[k - 1][1]
@@ -505,11 +504,14 @@ def build_blamed(raw: dict[str, Any], sources: list[tuple[str, str]], path: str 
     source (``--set 'key=value'``, ``--ray-address '...'``). ``sources``: (override, label)
     in the order they apply. Commands that derive their grid from the config (``tune``) pass
     their own ``build``."""
-    data = apply_overrides(copy.deepcopy(raw), [o for o, _ in sources])  # its errors name the override
+    overrides = [o for o, _ in sources]
+    data, dropped = apply_grid_overrides(raw, overrides)  # its errors name the override
     try:
-        return build(data)
+        built = build(data)
     except ConfigError as exc:
         raise ConfigError(f"{_blame(raw, sources, str(exc), path, build)}: {exc}") from None
+    warn_dropped(dropped, overrides)  # --set budgets=[...] dropped the entries of removed budgets
+    return built
 
 
 def set_sources(overrides: Sequence[str]) -> list[tuple[str, str]]:

@@ -88,6 +88,10 @@ class TrajectoryMatching(Method):
         """A start epoch below ``max_start_epoch`` plus ``expert_epochs`` (the matcher's rule)."""
         return params.last_epoch + 1
 
+    @classmethod
+    def expert_epochs_reason(cls, params: MatchingConfig) -> str:
+        return f"max_start_epoch {params.max_start_epoch} + expert_epochs {params.expert_epochs}"
+
     def learned(self, real: PairSet, text_scale: float = 1.0, seed: int = 0) -> dict[str, LearnedTensor]:
         """What the matcher learns (a subclass adds its own tensors here)."""
         return synthetic_start(real, self.params, self.learn_images, self.learn_texts, text_scale)

@@ -252,6 +252,13 @@ class Mdm(Method):
             return params.max_epoch
         return params.min_epoch + (1 if params.same_expert else 0)
 
+    @classmethod
+    def expert_epochs_reason(cls, params: MdmConfig) -> str:
+        if params.max_epoch is not None:
+            return f"max_epoch {params.max_epoch}"
+        return f"min_epoch {params.min_epoch}" + (" + 1 for two epochs of one expert (same_expert)"
+                                                  if params.same_expert else "")
+
     def run(self, ctx: MethodContext, budget: int, seed: int) -> MethodOutput:
         cfg: MdmConfig = self.params
         check_budget(budget, ctx.n_pairs)
