@@ -288,3 +288,29 @@ def test_protocols_is_narrow_by_default_and_wide_on_request(capsys):
     assert "distill.py:512" not in narrow and "source of each value" not in narrow
     assert main(["protocols", "--wide"]) == 0
     assert "source of each value" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- Ray's output
+
+def test_the_suite_says_in_one_line_which_cluster_a_run_uses():
+    from bench.grid.executors.ray_dispatch import cluster_line
+
+    assert cluster_line(None, {"CPU": 2.0, "memory": 1e9}, 1) == "ray: started a local cluster with 2 CPUs"
+    assert (cluster_line("10.0.0.1:6379", {"CPU": 64.0, "GPU": 8.0}, 2)
+            == "ray: joined the cluster at 10.0.0.1:6379 (2 nodes, 64 CPUs, 8 GPUs)")
+
+
+def test_the_ray_executor_turns_off_autoscaler_event_lines_unless_the_user_asks():
+    """Ray reads RAY_SCHEDULER_EVENTS once, when imported: importing the executor first (as a
+    run does) turns the autoscaler's event lines off; a value in the environment wins."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import bench.grid.executors.ray_dispatch, ray._private.ray_constants as c; "
+            "print(c.AUTOSCALER_EVENTS)")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_SCHEDULER_EVENTS"}
+    quiet = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    asked = subprocess.run([sys.executable, "-c", code], env={**env, "RAY_SCHEDULER_EVENTS": "1"},
+                           capture_output=True, text=True, check=True)
+    assert (quiet.stdout.strip(), asked.stdout.strip()) == ("0", "1")
