@@ -62,8 +62,8 @@ class TaskLines:
     that the log says what runs now and how long each task took::
 
         start expert 0 of embedded
-        done  expert 0 of embedded in 41.2 s
-        failed cell embedded__herding__b10__s0 after 3.0 s: ValueError: ...
+        done  expert 0 of embedded in 21.5 s
+        failed cell <cell id> after <seconds> s: <the error's first line>
 
     Lines go to the ``sys.stdout`` of the moment they are printed."""
 

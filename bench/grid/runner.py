@@ -33,7 +33,7 @@ from bench.core.io import (
     is_disk_full,
     remove_stale_temp_files,
 )
-from bench.core.progress import TaskLines
+from bench.core.progress import TaskLines, interactive
 from bench.grid.cell import failure_record, prepared
 from bench.grid.executors import Reporter
 from bench.grid.record import RecordError
@@ -46,8 +46,6 @@ class GridRun:
     """Plans the cells, skips finished ones, executes the rest, records failures."""
 
     def __init__(self, grid: GridConfig, plugins: list[str] | None = None, progress: bool = True) -> None:
-        from bench.core.progress import interactive
-
         self.grid = grid
         self.plugins = list(plugins or [])
         # Bars only for a terminal; a log file gets a line per task instead (LineReporter).

@@ -238,7 +238,7 @@ def run_ray(grid: GridConfig, todo: list[Cell], reporter: Reporter, plugins: lis
             job.finished = True
         except Exception as exc:  # noqa: BLE001 - the task already used its retries
             job.fail(exc)
-        if job.cell is None:
+        if job.cell is None:  # an expert or a proxy (a cell is reported as finished)
             reporter.ended(job.name, job.error)
         if job.cell is not None:
             reporter.finished(job.cell, job.error, runner.max_retries + 1)
