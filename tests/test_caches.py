@@ -211,7 +211,7 @@ def test_cache_command_lists_and_prunes_what_the_grid_does_not_read(tmp_path, ca
     cache = Path(grid.cache_dir)
     old_proxy = next((cache / "proxy").glob("*.pt"))
     legacy = cache / "images" / "tiny-8px-0123456789abcdef.pt"  # an image cache of an older layout
-    legacy.parent.mkdir()
+    legacy.parent.mkdir(exist_ok=True)  # the embedded pixels are there already
     legacy.write_bytes(b"x" * 100)
     unknown = cache / "notes.txt"
     unknown.write_text("mine")
