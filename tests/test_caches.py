@@ -218,6 +218,7 @@ def test_cache_command_lists_and_prunes_what_the_grid_does_not_read(tmp_path, ca
     assert main(["cache", "--config", str(config)]) == 0
     out = capsys.readouterr().out
     assert f"unreferenced images 100 B: {legacy}" in out and str(old_proxy) not in out
+    assert out.count("unreferenced images") == 1  # the grid's rendered embedded pixels are read
     assert "text" in out and "other (kept)" in out
 
     # Another proxy recipe: the old proxy is no longer read; prune removes it and the legacy file.
