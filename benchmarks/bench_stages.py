@@ -39,6 +39,22 @@ def load_average() -> float:
     return os.getloadavg()[0]
 
 
+def finish(rows: list[dict], args: argparse.Namespace, start_load: float) -> int:
+    """Print the total and the process's peak; write the JSON when asked."""
+    from bench.core.env import machine_info
+
+    hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    total = sum(r["seconds"] for r in rows)
+    print(f"total {total:.1f} s; process peak resident set {hwm:.0f} MB; load average (1 min) at end {load_average():.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": machine_info(), "config": args.config, "overrides": args.set,
+                                               "load_start": start_load, "load_end": load_average(), "stages": rows,
+                                               "total_seconds": round(total, 1), "peak_rss_mb": round(hwm),
+                                               "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+                                              indent=1) + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/embedded_flickr.yaml")
@@ -93,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         dataset = load_dataset(cfg, cache)
     record("data generation", cost, train_images=dataset.train.n_images, train_pairs=dataset.train.n_captions)
 
+    if set(stages) <= {"data"}:  # the generation alone (e.g. rendered, then read from the pixel cache)
+        return finish(rows, args, start_load)
     encoder = TextEncoder(cfg.text_encoder, "cpu")
     identity = model_identity(cfg.text_encoder)
     text_emb = {}
@@ -171,17 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         record(f"evaluation b{args.budget}", cost, seeds=len(grid.evaluation.seeds),
                epochs=grid.evaluation.train.epochs, eval_every=grid.evaluation.eval_every)
 
-    hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    total = sum(r["seconds"] for r in rows)
-    print(f"total {total:.1f} s; process peak resident set {hwm:.0f} MB; load average (1 min) at end {load_average():.2f}")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine_info(), "config": args.config, "overrides": overrides,
-                                               "load_start": start_load, "load_end": load_average(), "stages": rows,
-                                               "total_seconds": round(total, 1), "peak_rss_mb": round(hwm),
-                                               "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
-                                              indent=1) + "\n")
-    return 0
-
+    return finish(rows, args, start_load)
 
 if __name__ == "__main__":
     raise SystemExit(main())
