@@ -211,13 +211,14 @@ def test_cache_command_lists_and_prunes_what_the_grid_does_not_read(tmp_path, ca
     cache = Path(grid.cache_dir)
     old_proxy = next((cache / "proxy").glob("*.pt"))
     legacy = cache / "images" / "tiny-8px-0123456789abcdef.pt"  # an image cache of an older layout
-    legacy.parent.mkdir()
+    legacy.parent.mkdir(exist_ok=True)  # the embedded pixels are there already
     legacy.write_bytes(b"x" * 100)
     unknown = cache / "notes.txt"
     unknown.write_text("mine")
     assert main(["cache", "--config", str(config)]) == 0
     out = capsys.readouterr().out
     assert f"unreferenced images 100 B: {legacy}" in out and str(old_proxy) not in out
+    assert out.count("unreferenced images") == 1  # the grid's rendered embedded pixels are read
     assert "text" in out and "other (kept)" in out
 
     # Another proxy recipe: the old proxy is no longer read; prune removes it and the legacy file.

@@ -10,7 +10,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 PAGES = ("architecture.md", "protocol.md", "methods.md", "environment.md", "recipes.md", "guide.md", "results.md",
-         "tuning.md", "real_data.md")
+         "tuning.md", "real_data.md", "regime.md")
 
 
 def test_readme_points_to_every_page():

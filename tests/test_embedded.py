@@ -358,3 +358,37 @@ def test_caption_vocabulary_is_diverse(test_split_500) -> None:
     assert set(fam_counts) == {f.name for f in emb.CAPTION_FAMILIES}
     relational = sum(fam_counts[f] for f in ("left_right", "above_below", "bigger_smaller"))
     assert relational >= 0.2 * split.n_captions
+
+
+# ---------------------------------------------------------------------------- the pixel cache
+
+
+def test_cached_pixels_give_the_generated_dataset(small: Dataset, tmp_path, monkeypatch) -> None:
+    """Rendered once per cache directory (bench.data.embedded_cache): the first load writes the
+    pixels, a later one maps them and renders nothing; both equal the generator's dataset."""
+    from bench.data import embedded_cache
+
+    first = embedded_cache.load_embedded(SMALL, tmp_path)
+    (pixels,) = (tmp_path / "images").glob("embedded-32px-*.u8")
+    assert pixels.stat().st_size == sum(small.split(s).images.numel() for s in emb.SPLITS)
+    monkeypatch.setattr(emb, "_render_scenes", lambda *a, **k: pytest.fail("rendered again"))
+    monkeypatch.setattr(embedded_cache, "generate_embedded", lambda *a, **k: pytest.fail("generated again"))
+    second = embedded_cache.load_embedded(SMALL, tmp_path)
+    for data in (first, second):
+        assert data.name == small.name and data.content_key == small.content_key
+        for name in emb.SPLITS:
+            assert_same_split(data.split(name), small.split(name))
+
+
+def test_pixel_cache_is_per_spec_and_repairs_itself(small: Dataset, tmp_path) -> None:
+    from bench.data.embedded_cache import load_embedded
+
+    load_embedded(SMALL, tmp_path)
+    other = load_embedded(replace(SMALL, seed=4), tmp_path)  # another spec: its own entry
+    assert len(list((tmp_path / "images").glob("*.u8"))) == 2
+    assert not torch.equal(other.train.images, small.train.images)
+    for data in (tmp_path / "images").glob("*.u8"):
+        data.write_bytes(data.read_bytes()[:-5])  # truncated: reported, removed, rendered again
+    with pytest.warns(UserWarning, match="image cache"):
+        again = load_embedded(SMALL, tmp_path)
+    assert_same_split(again.train, small.train)

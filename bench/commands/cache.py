@@ -1,7 +1,7 @@
 """``run_bench.py cache``: what ``cache_dir`` holds, per dataset and kind, and what a grid needs.
 
 Kinds of entries (see docs/architecture.md, "Caches"):
-  images   decoded Karpathy images, ``images/<dataset>-<R>px-<key>.{u8,json}`` (older ``.pt``)
+  images   decoded Karpathy images and rendered embedded ones, ``images/<dataset>-<R>px-<key>.{u8,json}`` (older ``.pt``)
   text     caption embeddings, ``text/<dataset>-<split>-<key>.pt`` (older ``<key>.pt``)
   proxy    proxy runs for coresets, ``proxy/<dataset>-<key>.pt``
   experts  expert trajectories, ``experts/<dataset>-<key>/expert_NNN.safetensors`` (an entry per file)
@@ -76,6 +76,7 @@ def dataset_refs(grid: GridConfig, cfg: DatasetConfig) -> tuple[_Identity, set[P
     else:
         captions = {split: embedded_captions(cfg.embedded, split) for split in SPLITS}
         content = embedded_content_key(cfg.embedded)
+        refs.update(entry_paths(cache, cfg.name, cfg.resolution, content))  # the rendered pixels
     encoder = model_identity(cfg.text_encoder)
     for split, texts in captions.items():
         refs.add(caption_cache_path(cache, encoder, texts, f"{cfg.name}-{split}"))

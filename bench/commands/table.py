@@ -21,6 +21,9 @@ def add_table_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         help="preferred source when several papers publish a number (with --reference; "
                              "default: vl-distill)")
     parser.add_argument("--dataset", help="only this dataset (default: every dataset in the records)")
+    parser.add_argument("--reference-dataset", metavar="NAME",
+                        help="compare with the published numbers of this dataset (e.g. flickr30k for the embedded "
+                             "generator in Flickr30K's shape); with --reference, also prints the rank agreement")
     parser.add_argument("--select", choices=("final", "val", "test"), default="final",
                         help="which epoch of each evaluation run to report: the last (default), the one with the "
                              "best val mean (val-selected), or the best test epoch (test-selected, optimistic: what "
@@ -89,6 +92,14 @@ def table_command(args: argparse.Namespace) -> int:
         return fail(f"no finished result records in {args.results_dir} (looked for records/*.json)")
     agg = aggregate(records)
     reference = load_reference(args.reference) if args.reference else None
+    if args.reference_dataset:
+        if reference is None:
+            return fail("--reference-dataset needs --reference (a CSV or 'paper')")
+        from bench.reports.agreement import reference_as
+        try:
+            reference = reference_as(reference, args.reference_dataset, sorted(agg["dataset"].unique()))
+        except ValueError as exc:
+            return fail(str(exc))
     if args.source is not None and reference is None:
         return fail(f"--source {args.source!r} chooses among the published numbers of --reference; "
                     "give --reference FILE or --reference paper too")
@@ -103,6 +114,7 @@ def table_command(args: argparse.Namespace) -> int:
     by_dataset = {d: render_tables([r for r in records if r.dataset == d], d, missing, args.select, reference,
                                    source) for d in datasets}
     tables = [t for d in datasets for t in by_dataset[d]]
+    tables += agreement_tables(agg, datasets, reference, args) if args.format != "csv" else []
     if args.format == "csv" and len(tables) > 1:  # one CSV: dataset, student and protocol become index levels
         keys = [(d, t.attrs["student"], t.attrs["protocol"]) for d in datasets for t in by_dataset[d]]
         text = render(pd.concat(tables, keys=keys, names=["dataset", "student", "protocol"]).fillna("\u2013"), "csv")
@@ -128,3 +140,14 @@ def table_command(args: argparse.Namespace) -> int:
                 return fail(str(exc))
             print(f"wrote {out}", file=sys.stderr)
     return 0
+
+
+def agreement_tables(agg, datasets: list[str], reference, args: argparse.Namespace) -> list:  # noqa: ANN001
+    """With a reference, one table per dataset: Kendall's tau per budget between our ordering
+    of the methods and the published one (bench.reports.agreement)."""
+    if reference is None:
+        return []
+    from bench.reports.agreement import rank_agreement
+
+    return [rank_agreement(agg, d, reference, source=args.source, published_name=args.reference_dataset)
+            for d in datasets]

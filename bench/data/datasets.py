@@ -9,7 +9,8 @@ from typing import Literal
 import torch
 
 from bench.core.io import bytes_hash, stable_hash
-from bench.data.embedded import EmbeddedSpec, generate_embedded
+from bench.data.embedded import EmbeddedSpec
+from bench.data.embedded_cache import load_embedded
 from bench.data.karpathy import KarpathySpec, check_karpathy, load_karpathy
 from bench.data.pairs import PairSet, real_pairs
 from bench.data.text_encoder import (
@@ -101,7 +102,7 @@ def check_dataset_files(cfg: DatasetConfig) -> int:
 
 def load_dataset(cfg: DatasetConfig, cache_dir: str | Path, progress: bool = False) -> Dataset:
     if cfg.source == "embedded":
-        return generate_embedded(cfg.embedded)
+        return load_embedded(cfg.embedded, cache_dir)
     return load_karpathy(cfg.karpathy, cache_dir, progress=progress)  # type: ignore[arg-type]
 
 

@@ -748,16 +748,26 @@ def embedded_captions(spec: EmbeddedSpec, split: str) -> tuple[str, ...]:
 
 def _generate_split(spec: EmbeddedSpec, split: str) -> tuple[Split, list[Scene], list[tuple[str, ...]]]:
     """One split, its scenes, and the template family of each caption (per image)."""
-    n = spec.n_images(split)
     scenes, captions, families, noise_rng = _scenes_and_captions(spec, split)
     pixels = _render_scenes(scenes, spec.resolution, noise_rng)
-    split_obj = Split(
-        images=torch.from_numpy(pixels),
+    return assemble_split(spec, split, torch.from_numpy(pixels), captions), scenes, families
+
+
+def image_names(spec: EmbeddedSpec, split: str) -> tuple[str, ...]:
+    """The synthetic id of every image of a split."""
+    return tuple(f"embedded/{split}/{i:06d}" for i in range(spec.n_images(split)))
+
+
+def assemble_split(spec: EmbeddedSpec, split: str, images: torch.Tensor, captions: Sequence[str]) -> Split:
+    """A split from its pixels and captions (rendered here, or read from the pixel cache:
+    :mod:`bench.data.embedded_cache`): ``captions_per_image`` consecutive captions per image."""
+    n = spec.n_images(split)
+    return Split(
+        images=images,
         captions=tuple(captions),
         caption_image=torch.arange(n, dtype=torch.int64).repeat_interleave(spec.captions_per_image),
-        image_names=tuple(f"embedded/{split}/{i:06d}" for i in range(n)),
+        image_names=image_names(spec, split),
     )
-    return split_obj, scenes, families
 
 
 def render_split(spec: EmbeddedSpec, split: str = "train") -> tuple[Split, list[Scene]]:

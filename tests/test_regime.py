@@ -1,0 +1,75 @@
+"""configs/embedded_flickr.yaml: the paper's regime on a CPU (Flickr30K's shape, 145,000 pairs),
+with embedded_full's recipes, and the pieces of docs/regime.md that split it over sessions."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from bench.grid.spec import GridConfig, load_grid, plan_cells, resolve_cell
+from bench.registry import all_methods, discover
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = REPO / "configs" / "embedded_flickr.yaml"
+COMMAND = "python run_bench.py --config configs/embedded_flickr.yaml"
+
+
+@pytest.fixture(scope="module")
+def grid() -> GridConfig:
+    discover()
+    return load_grid(CONFIG)
+
+
+def cells_with_hashes(grid: GridConfig) -> dict[str, str]:
+    return {cell.id: resolve_cell(grid, cell).hash for cell in plan_cells(grid)}
+
+
+def test_flickr_shape_every_method_and_budget(grid: GridConfig) -> None:
+    (data,) = grid.datasets
+    spec = data.embedded
+    assert data.source == "embedded"
+    assert (spec.n_train_images, spec.n_val_images, spec.n_test_images, spec.captions_per_image) == (29000, 1014, 1000, 5)
+    assert grid.budgets == (100, 200, 500, 1000) and grid.include_full
+    assert grid.evaluation.eval_every  # curves: the selection rules of the table
+    builtin = {name for name, cls in all_methods().items() if cls.__module__.startswith("methods.")} - {"full"}
+    assert {m.name for m in grid.methods} == builtin
+
+
+def test_recipes_are_embedded_full_ones(grid: GridConfig) -> None:
+    """Until tuned on this set's val split, every cell runs embedded_full's parameters, student
+    and recipes: only the dataset (and where results go) differ."""
+    full = load_grid(REPO / "configs" / "embedded_full.yaml")
+    assert (grid.model, grid.evaluation, grid.proxy, grid.experts) == (full.model, full.evaluation, full.proxy,
+                                                                       full.experts)
+    ours = {c.id: resolve_cell(grid, c).params for c in plan_cells(grid)}
+    theirs = {c.id: resolve_cell(full, c).params for c in plan_cells(full)}
+    assert ours == theirs
+
+
+def piece_commands() -> list[list[str]]:
+    """The ``--set`` arguments of each run command of docs/regime.md's pieces block."""
+    text = (REPO / "docs" / "regime.md").read_text(encoding="utf-8")
+    block = re.search(r"<!-- pieces -->\n```bash\n(.*?)```", text, re.S)
+    assert block, "docs/regime.md has no pieces block"
+    lines = block.group(1).replace("\\\n", " ").splitlines()
+    commands = [shlex.split(line) for line in lines if line.startswith(COMMAND)]
+    return [argv[len(shlex.split(COMMAND)):] for argv in commands]
+
+
+def test_pieces_are_the_whole_grid(grid: GridConfig) -> None:
+    """Each piece's cells are cells of the whole grid with the same hash (its records count as
+    finished in the whole grid), and pieces 1-3 leave exactly the 1000-pair cells to the last."""
+    pieces = piece_commands()
+    assert len(pieces) == 4 and pieces[-1] == []  # the last piece is the plain command
+    whole = cells_with_hashes(grid)
+    covered: dict[str, str] = {}
+    for argv in pieces[:-1]:
+        assert argv[::2] == ["--set"] * (len(argv) // 2)
+        piece = cells_with_hashes(load_grid(CONFIG, argv[1::2]))
+        assert piece and all(whole.get(cell) == h for cell, h in piece.items()), argv
+        covered.update(piece)
+    left = set(whole) - set(covered)
+    assert left == {c.id for c in plan_cells(grid) if c.budget == 1000}
