@@ -22,8 +22,8 @@ from typing import Any
 import torch
 import yaml
 
-from bench import __version__
 from bench.core.config import ConfigError, from_dict
+from bench.core.env import package_versions
 from bench.core.io import check_writable_dir, file_digest, write_text_atomic
 from bench.data.datasets import DatasetConfig
 from bench.data.pairs import PairSet, SoftTargets
@@ -93,7 +93,8 @@ def card_of(record: CellRecord, pairs: PairSet, lrs: dict[str, float] | None, te
     dataset = dataset_section(record) or {}
     size, digest = file_digest(tensors)
     return {
-        "suite": {"name": "vl-distill-bench", "version": __version__, "git_commit": record.git_commit},
+        "suite": {"name": "vl-distill-bench", "version": package_versions().get("vl-distill-bench"),
+                  "git_commit": record.git_commit},
         "bundle": {"format": BUNDLE_FORMAT, "format_version": BUNDLE_VERSION, "tensors": tensors.name,
                    "bytes": size, "sha256": digest},
         "cell_id": record.cell_id, "cell_hash": record.cell_hash, "config_hash": record.config_hash,
