@@ -224,3 +224,14 @@ def test_a_text_path_outside_vl_distill_is_refused():
     with pytest.raises(ConfigError, match="text_path"):
         build_grid(grid_data(Path("/tmp/unused"), [{"name": "from-file", "params": {
             "path": "x.pt", "format": "lors", "text_path": "y.pt"}}]))
+
+
+def test_export_of_a_missing_directory_or_into_a_file_is_one_line(original, tmp_path, capsys):
+    root, _, _ = original
+    assert main(["export", str(tmp_path / "none"), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "does not exist" in err and not (tmp_path / "out").exists()
+    (tmp_path / "file").write_text("x")
+    assert main(["export", str(root / "results"), str(tmp_path / "file")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "is a file, not a directory" in err
