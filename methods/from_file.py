@@ -137,7 +137,7 @@ def read_vl_distill(path: Path, text_path: str | None) -> LoadedSet:
     return LoadedSet(_pairs(images, text, None, path), None, None)
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=2)  # a set of 1,000 224 px images is 600 MB: few stay in memory
 def _load(path: str, fmt: str, text_path: str | None, loss: str, stamp: tuple[int, int]) -> LoadedSet:
     del stamp  # part of the cache key only: a file replaced in place is read again
     if fmt == "bench":
