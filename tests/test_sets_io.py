@@ -235,3 +235,14 @@ def test_export_of_a_missing_directory_or_into_a_file_is_one_line(original, tmp_
     assert main(["export", str(root / "results"), str(tmp_path / "file")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "is a file, not a directory" in err
+
+
+def test_a_bundle_is_named_by_its_tensors_file_its_card_or_their_stem(original):
+    from bench.data.set_bundle import read_bundle
+
+    _, _, out = original
+    stem = out / "embedded__lors__b10__s0"
+    sets = [read_bundle(p) for p in (stem, stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".safetensors"))]
+    for s in sets[1:]:
+        assert torch.equal(s.pairs.images, sets[0].pairs.images) and s.learned_lrs == sets[0].learned_lrs
+    assert sets[0].card["cell_id"] == stem.name and sets[0].pairs.soft_targets.loss == "wbce"
