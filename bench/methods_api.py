@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from bench.data.datasets import PreparedDataset
-from bench.data.pairs import PairSet, SoftTargets
+from bench.data.pairs import PairSet, SoftTargets, normalize_images
 from bench.models.student import ModelConfig, Student, build_student
 
 if TYPE_CHECKING:  # real types for plugin authors, without importing training code here
@@ -109,11 +109,46 @@ class MethodContext:
             raise ValueError(f"real_subset: the indices {problem}")
         return self.data.train_pairs(torch.as_tensor(array, dtype=torch.int64))
 
+    def editable_subset(self, indices: np.ndarray | torch.Tensor, device: torch.device | None = None) -> EditableSet:
+        """The training pairs at ``indices`` as a synthetic set to learn (:func:`editable_set`),
+        on ``device`` (default: the cell's device). The usual start of a distillation method."""
+        return editable_set(self.real_subset(indices), self.device if device is None else device)
+
     def student(self, seed: int) -> Student:
         """A fresh student of the grid's model for this dataset (initialised from ``seed``; a
         pretrained tower carries its weights): what experts and the evaluation train, so a
         method can load expert parameters into it, train it or use it as a teacher."""
         return build_student(self.model_cfg, self.data.train.resolution, self.data.text_dim, seed)
+
+
+@dataclass(frozen=True)
+class EditableSet:
+    """A synthetic set a method edits, started from real pairs. ``images`` (n, 3, H, W) in the
+    normalised model-input space and ``texts`` (n, d), both float32 leaf tensors with
+    ``requires_grad`` (an optimiser takes them as they are); ``source_indices``: the training
+    pairs they were copied from (None when unknown). They are copies: editing them in place
+    never changes the training split the next cell reads."""
+
+    images: torch.Tensor
+    texts: torch.Tensor
+    source_indices: torch.Tensor | None = None
+
+    def pairs(self, soft_targets: SoftTargets | None = None) -> PairSet:
+        """The set as a method returns it (detached, on the CPU): ``MethodOutput(pairs=...)``."""
+        return PairSet.synthetic(self.images.detach().cpu(), self.texts.detach().cpu(), soft_targets)
+
+
+def editable_set(real: PairSet, device: torch.device | str | None = None) -> EditableSet:
+    """Real pairs as an editable synthetic set: each pair's image (uint8 pixels normalised to
+    the model input; a float image is taken as model input already) and text vector, copied to
+    ``device`` (None: where they are) as float32 leaves that require grad. The one way the
+    built-in distillation methods initialise from real pairs."""
+    images = normalize_images(real.images[real.image_index])
+    return EditableSet(
+        images=images.detach().to(device, torch.float32, copy=True).requires_grad_(True),
+        texts=real.text_emb.detach().to(device, torch.float32, copy=True).requires_grad_(True),
+        source_indices=None if real.source_indices is None else real.source_indices.clone(),
+    )
 
 
 class Method(ABC):

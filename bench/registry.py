@@ -25,6 +25,9 @@ from bench.methods_api import Method, MethodKind
 ENTRY_POINT_GROUP = "vl_bench.methods"
 _KINDS = ("coreset", "distillation", "reference")
 _REGISTRY: dict[str, type[Method]] = {}
+#: What an unknown method name is told besides any close match: a method of a plugin file is
+#: registered only once that file is given (a close built-in name may be a coincidence).
+PLUGIN_HINT = "defined in a plugin? pass --plugin FILE"
 _discovered = False
 _discovering = False
 
@@ -148,7 +151,7 @@ def get_method(name: str) -> type[Method]:
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise UnknownMethodError(
             f"unknown method {name!r}{hint} (known: {', '.join(sorted(_REGISTRY))}; "
-            "`python run_bench.py methods` lists them)"
+            f"`python run_bench.py methods` lists them); {PLUGIN_HINT}"
         ) from None
 
 

@@ -35,7 +35,7 @@ from bench.grid.runner import GridRun
 from bench.models.student import build_student
 from bench.registry import get_method
 from benchmarks.original_loop import original_meta_gradients
-from methods.distill._trajectory import synthetic_start
+from bench.trajectory_api import synthetic_start
 from tests.grid_helpers import TINY_EXPERTS, distill_env, tiny_grid
 
 CPU = torch.device("cpu")
@@ -560,7 +560,7 @@ def test_a_checkpoint_is_not_reused_by_a_run_with_more_experts(env, tmp_path):
 
 
 def test_text_drift_against_a_direct_computation():
-    from methods.distill._trajectory import text_drift
+    from bench.trajectory_api import text_drift
 
     gen = torch.Generator().manual_seed(0)
     real = torch.randn(50, 8, generator=gen)

@@ -21,14 +21,14 @@ ROOMS: tuple[tuple[str, ...], ...] = (
     ("models",),
     ("protocol",),
     ("distill",),
-    ("registry", "methods_api"),  # the plugin face: what a method author reads
+    ("registry", "methods_api", "trajectory_api"),  # the plugin face: what a method author reads
     ("grid",),
     ("reports",),
     ("commands",),
 )
 LEVEL = {name: level for level, names in enumerate(ROOMS) for name in names}
 #: The only top-level modules besides the rooms' packages.
-TOP_LEVEL_MODULES = {"__init__", "registry", "methods_api"}
+TOP_LEVEL_MODULES = {"__init__", "registry", "methods_api", "trajectory_api"}
 
 
 def room_of_module(dotted: str) -> str | None:

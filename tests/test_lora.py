@@ -30,7 +30,7 @@ from bench.models.image_encoders import ImageEncoderConfig
 from bench.models.lora import LoraConfig
 from bench.models.student import ModelConfig, build_student, functional_embed
 from bench.protocol.train import TrainConfig, train_student
-from methods.distill._trajectory import synthetic_start
+from bench.trajectory_api import synthetic_start
 from tests.grid_helpers import tiny_grid
 from tests.hf_helpers import SMALL, save_tiny
 

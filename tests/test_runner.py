@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -117,6 +118,13 @@ def test_ray_executor_runs_an_outside_plugin_and_lors(tmp_path):
     proc = subprocess.run(_cli_args(tmp_path, results, plugin, "ray", **extra), cwd=tmp_path, capture_output=True,
                           text=True, env=RAY_ENV)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # A log (stdout captured): the suite's own line about the cluster instead of Ray's INFO
+    # lines, and a line per task (expert, proxy, cell) started and done with its time.
+    out = proc.stdout
+    assert re.search(r"^ray: started a local cluster with \d+ CPUs", out, re.M), out[-3000:]
+    assert "Started a local Ray instance" not in out + proc.stderr and "INFO worker.py" not in out + proc.stderr
+    for task in ("expert 0 of embedded", "proxy embedded seed 0", "cell embedded__lors__b20__s0"):
+        assert re.search(rf"^start {task}$", out, re.M) and re.search(rf"^done  {task} in \d+\.\d s", out, re.M), task
     records = _records(results)
     assert len(records) == 9
     first_k = records["embedded__first-k__b20__s0"]

@@ -63,7 +63,7 @@ def _size(path: Path) -> int:
     return path.stat().st_size if path.exists() else 0
 
 
-def _dataset_refs(grid: GridConfig, cfg: DatasetConfig) -> tuple[_Identity, set[Path]]:
+def dataset_refs(grid: GridConfig, cfg: DatasetConfig) -> tuple[_Identity, set[Path]]:
     """The dataset's identity and the image and caption-embedding files the grid reads."""
     cache = Path(grid.cache_dir)
     refs: set[Path] = set()
@@ -90,7 +90,7 @@ def referenced(grid: GridConfig) -> tuple[set[Path], set[str]]:
     paths: set[Path] = set()
     prefixes: set[str] = set()
     for cfg in grid.datasets:
-        ident, refs = _dataset_refs(grid, cfg)
+        ident, refs = dataset_refs(grid, cfg)
         paths |= refs
         data: Any = ident  # the key functions read only .name and .key
         if any(c.uses_experts for c in classes.values()):

@@ -1,11 +1,11 @@
 """Command line.
 
   python run_bench.py [run] [--config FILE] [--set key.path=value ...] [--plugin MODULE ...]
-                      [--ray-address ADDR] [--executor ray|local] [--no-progress] [--debug]
+                      [--ray-address ADDR] [--executor ray|local] [--no-progress] [--dry-run] [--debug]
   python run_bench.py table RESULTS_DIR [--format markdown|latex|csv] [--reference FILE|paper]
                              [--select final|val|test]
-  python run_bench.py methods [--plugin MODULE ...]
-  python run_bench.py protocols
+  python run_bench.py methods [NAME] [--plugin MODULE ...]
+  python run_bench.py protocols [--wide]
   python run_bench.py cache [--config FILE] [--set ...] [--prune]
   python run_bench.py export RESULTS_DIR OUT
 
@@ -64,6 +64,8 @@ def _option_flags(args: argparse.Namespace) -> list[tuple[str, str]]:
 
 def _run(args: argparse.Namespace) -> int:
     grid = _load_grid(args)
+    if args.dry_run:
+        return _dry_run(grid)
     from bench.commands.console import print_grid_results, print_tuning
     from bench.grid.runner import GridRun
     from bench.reports.outputs import write_reports
@@ -105,12 +107,23 @@ def _run(args: argparse.Namespace) -> int:
     return 1 if run.failed or lost or unchosen else 0
 
 
+def _dry_run(grid) -> int:  # noqa: ANN001 - a GridConfig (imported late: torch)
+    """``run --dry-run``: every cell, cached or to compute, and the experts and proxy runs to
+    train; nothing is computed or written."""
+    from bench.commands.dry_run import dry_run
+
+    print("\n".join(dry_run(grid).lines(grid.name)), flush=True)
+    return 0
+
+
 def _methods(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from bench.registry import all_methods, load_plugins
 
     load_plugins(args.plugin)
+    if args.name:
+        return _describe_method(args.name)
     table = Table(title="registered methods")
     for col in ("name", "kind", "description", "module"):
         table.add_column(col)
@@ -120,11 +133,36 @@ def _methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def _describe_method(name: str) -> int:
+    """``methods NAME``: the method's parameters with types and defaults, its search spaces."""
+    from bench.commands.method_info import describe
+    from bench.core.errors import UserError
+    from bench.registry import UnknownMethodError, get_method
+
+    try:
+        cls = get_method(name)
+    except UnknownMethodError as exc:
+        raise UserError(str(exc)) from None
+    print("\n".join(describe(cls)))
+    return 0
+
+
 def _protocols(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from bench.protocol.presets import PRESETS
 
+    if not args.wide:  # what each is and what it reports; --wide: every value and its source
+        from bench.protocol.selection import SELECTION_LABELS
+
+        table = Table(title="evaluation protocols (evaluation.protocol); --wide shows every value and its source")
+        for col in ("name", "what it is", "epochs", "reports"):
+            table.add_column(col, overflow="fold")
+        for p in PRESETS.values():
+            table.add_row(p.name, p.description.split(": ", 1)[0], str(p.train.get("epochs", "the grid's")),
+                          SELECTION_LABELS.get(p.selection, p.selection))
+        _console().print(table)
+        return 0
     table = Table(title="evaluation protocols (evaluation.protocol)")
     for col in ("name", "overrides of evaluation.train", "learned lrs", "curve", "reports", "source of each value"):
         table.add_column(col, overflow="fold")
@@ -185,7 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_arguments(run)
     run.add_argument("--ray-address", default=None, help="join an existing Ray cluster")
     run.add_argument("--executor", choices=["ray", "local"], default=None, help="override runner.executor")
-    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--no-progress", action="store_true",
+                     help="no progress bars: a line per task started and finished (always so when stdout is a file)")
+    run.add_argument("--dry-run", action="store_true",
+                     help="list every cell as cached or to compute, and the experts and proxies to train; compute nothing")
     run.set_defaults(func=_run)
 
     from bench.commands.table import add_table_arguments
@@ -193,11 +234,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_table_arguments(sub.add_parser("table", parents=[common],
                                        help="render the paper-style tables of a results directory"))
 
-    methods = sub.add_parser("methods", parents=[common], help="list the registered methods")
+    methods = sub.add_parser("methods", parents=[common],
+                             help="list the registered methods; with NAME, one method's parameters and search space")
+    methods.add_argument("name", nargs="?", default=None, metavar="NAME",
+                         help="describe this method: its parameters with types and defaults, its search space")
     methods.add_argument("--plugin", action="append", default=[], metavar="MODULE")
     methods.set_defaults(func=_methods)
 
     protocols = sub.add_parser("protocols", parents=[common], help="list the evaluation protocol presets")
+    protocols.add_argument("--wide", "-v", action="store_true",
+                           help="every training override, learned-lr rule, curve and the source of each value")
     protocols.set_defaults(func=_protocols)
 
     cache = sub.add_parser("cache", parents=[common],

@@ -32,6 +32,26 @@ def denormalize_images(images: torch.Tensor) -> torch.Tensor:
     return (images * std + mean).clamp(0, 1)
 
 
+#: Half a grey level (in [0, 1] units): how far outside [0, 1] an undone pixel value may lie
+#: and still round to a value an 8-bit image holds.
+SATURATION_MARGIN = 0.5 / 255
+
+
+def saturation(images: torch.Tensor) -> tuple[float, float, float]:
+    """How far model-input images have left the range of real images: the fraction of their
+    pixel values (every image, channel and position) that lie outside [0, 1] by more than
+    :data:`SATURATION_MARGIN` once the normalisation is undone (``x * std + mean``), and the
+    smallest and largest undone value. Such values are clipped when the set is drawn, and no
+    real image gives a student such an input. uint8 images (real pixels) give (0, 0, 1)."""
+    if images.dtype == torch.uint8 or not images.numel():
+        return 0.0, 0.0, 1.0
+    mean = torch.tensor(IMAGE_MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGE_STD, device=images.device).view(1, 3, 1, 1)
+    undone = images.detach().float() * std + mean
+    outside = (undone < -SATURATION_MARGIN) | (undone > 1 + SATURATION_MARGIN)
+    return float(outside.float().mean()), float(undone.min()), float(undone.max())
+
+
 @dataclass(frozen=True)
 class SoftTargets:
     """Learned similarity targets of a set: ``matrix[i, j]`` is how similar pair i's image

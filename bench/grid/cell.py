@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 import traceback
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from bench.core.errors import error_text, strip_terminal_codes
 from bench.core.io import file_digest, stable_hash
 from bench.core.measure import Cost, measure
 from bench.data.datasets import PreparedDataset, prepare_dataset
+from bench.data.pairs import saturation
 from bench.distill.experts import TrajectoryBuffer, ensure_experts, open_buffer
 from bench.grid.pictures import write_pictures
 from bench.grid.record import CellRecord, FailureRecord, timestamp
@@ -111,6 +113,30 @@ def non_finite_part(output: MethodOutput) -> str | None:
     return None
 
 
+#: The fraction of a synthetic set's pixel values beyond the range of real images
+#: (:func:`bench.data.pairs.saturation`) above which its cell warns.
+SATURATION_WARN_FRACTION = 0.2
+
+
+class SaturationWarning(UserWarning):
+    """A method's synthetic images have largely left the range of real images."""
+
+
+def warn_if_saturated(output: MethodOutput, cell: Cell) -> float:
+    """Warn (once per cell: the text names it) when more than :data:`SATURATION_WARN_FRACTION`
+    of the set's pixel values lie outside [0, 1] after undoing the normalisation: its pictures
+    then show clipped colours and the evaluation trains on inputs no real image gives. Returns
+    the fraction (0 for real pixels)."""
+    fraction, low, high = saturation(output.pairs.images)
+    if fraction > SATURATION_WARN_FRACTION:
+        warnings.warn(
+            f"method {cell.method!r} (cell {cell.id}): {fraction:.0%} of its images' pixel values lie outside "
+            f"the range of real images, [0, 1] after undoing the normalisation (from {low:.2f} to {high:.2f}); "
+            "its pictures clip them; a smaller image step size or a trust region (e.g. max_update) keeps "
+            "them in range", SaturationWarning, stacklevel=2)
+    return fraction
+
+
 class MethodExit(RuntimeError):
     """A method called ``sys.exit()`` (or raised SystemExit) inside ``run()``: a failure of its
     cell, not a request to end the grid."""
@@ -179,6 +205,7 @@ def execute_cell(grid: GridConfig, cell: Cell, progress: bool = False) -> CellRe
     with measure(device) as method_cost:
         output = run_method(method, ctx, budget, seed, cell.method)
     check_output(output, cell, cls.kind, data.train.n_captions)
+    warn_if_saturated(output, cell)
     with measure(device) as eval_cost:
         evaluations = evaluate_variants(grid, data, output, cls.kind == "reference", device, progress, cell.id)
     record = build_record(grid, resolved, data, output, evaluations, (method_cost, eval_cost), shared, device)

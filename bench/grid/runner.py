@@ -35,7 +35,9 @@ from bench.core.io import (
     remove_stale_temp_files,
 )
 from bench.data.datasets import check_dataset_files
+from bench.core.progress import TaskLines, interactive
 from bench.grid.cell import failure_record, prepared
+from bench.grid.executors import Reporter
 from bench.grid.record import RecordError
 from bench.grid.spec import Cell, GridConfig, grid_models, plan_cells, resolve_cell
 from bench.grid.store import GridResults, ResultStore
@@ -48,7 +50,8 @@ class GridRun:
     def __init__(self, grid: GridConfig, plugins: list[str] | None = None, progress: bool = True) -> None:
         self.grid = grid
         self.plugins = list(plugins or [])
-        self.progress = progress
+        # Bars only for a terminal; a log file gets a line per task instead (LineReporter).
+        self.progress = progress and interactive()
         self.store = ResultStore(grid.results_dir)
         self.cells = plan_cells(grid)
         load_plugins(self.plugins)  # a plugin method's class enters its cells' hashes
@@ -149,8 +152,13 @@ class GridRun:
         every method's parameters must be able to produce each of its budgets from it
         (``Method.budget_problem``: e.g. clip-score's per-image cap, ccs's pruned fraction),
         before any cell runs."""
+        lines = None if self.progress else TaskLines()  # decoding and embedding may take minutes
         for data_cfg in self.grid.datasets:
+            if lines:
+                lines.start(f"prepare dataset {data_cfg.name}")
             data = prepared(self.grid, data_cfg.name, self.progress)
+            if lines:
+                lines.end(f"prepare dataset {data_cfg.name}")
             for i, spec in enumerate(self.grid.methods):
                 for budget in spec.budgets_of(self.grid.budgets):
                     resolved = resolve_cell(self.grid, Cell(data_cfg.name, spec.key, budget, self.grid.method_seeds[0]))
@@ -216,19 +224,23 @@ class GridRun:
         self._bar = make_progress(disable=not self.progress)
         self._task = self._bar.add_task(f"grid {self.grid.name}", total=len(todo),
                                         status=f"{len(self.skipped)} already done")
+        reporter: Reporter = self if self.progress else LineReporter(self, len(todo))
         with self._bar:
             if self.grid.runner.executor == "local":
                 from bench.grid.executors.local import run_local
 
-                run_local(self.grid, todo, self, self.progress)
+                run_local(self.grid, todo, reporter, self.progress)
             else:
                 from bench.grid.executors.ray_dispatch import run_ray
 
-                run_ray(self.grid, todo, self, self.plugins)
+                run_ray(self.grid, todo, reporter, self.plugins)
 
     # --------------------------------------------------------------- Reporter (bench.grid.executors)
     def started(self, name: str) -> None:
         self._bar.update(self._task, status=name)
+
+    def ended(self, name: str, error: BaseException | None) -> None:
+        self._bar.update(self._task, status=f"{name} {'ok' if error is None else 'FAILED'}")
 
     def finished(self, cell: Cell, error: BaseException | None, attempts: int, written_to: str | None = None) -> None:
         if error is not None and is_disk_full(error):
@@ -268,3 +280,32 @@ class GridRun:
             f"the disk is full: cell {cell.id} failed ({error_text(error).split(': ', 1)[-1]}); "
             f"{kept} finished cell(s) are kept in {self.grid.results_dir}; free some space and rerun "
             "the same command to resume") from error
+
+
+class LineReporter:
+    """The reporter of a run without progress bars (stdout is a log file, or ``--no-progress``):
+    one flushed line per job started and ended, with its time (:class:`TaskLines`), and
+    everything passed on to the grid run."""
+
+    def __init__(self, run: GridRun, total: int) -> None:
+        self.run, self.total, self.count = run, total, 0
+        self.lines = TaskLines()
+
+    def _label(self, name: str) -> str:
+        return f"cell {name}" if name in self.run.hashes else name
+
+    def started(self, name: str) -> None:
+        self.lines.start(self._label(name))
+        self.run.started(name)
+
+    def ended(self, name: str, error: BaseException | None) -> None:
+        self.run.ended(name, error)
+        self.lines.end(name, None if error is None else error_text(error))
+
+    def finished(self, cell: Cell, error: BaseException | None, attempts: int, *args: Any, **kwargs: Any) -> None:
+        self.run.finished(cell, error, attempts, *args, **kwargs)
+        self.count += 1
+        problem = None if error is None else error_text(error)
+        if problem is None and cell not in self.run.done:
+            problem = f"its record is not in {self.run.store.root / 'records'}"
+        self.lines.end(self._label(cell.id), problem, f"  [{self.count}/{self.total}]")

@@ -1,7 +1,7 @@
 """distill-image: trajectory matching with only images learned (texts stay the real initial embeddings)."""
 
 from bench.registry import register
-from methods.distill._trajectory import TrajectoryMatching
+from bench.trajectory_api import TrajectoryMatching
 
 
 @register("distill-image", "distillation", "trajectory matching, only images learned (texts stay the real initial embeddings)")

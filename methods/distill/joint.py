@@ -1,7 +1,7 @@
 """distill-joint: trajectory matching with images and text vectors both learned."""
 
 from bench.registry import register
-from methods.distill._trajectory import TrajectoryMatching
+from bench.trajectory_api import TrajectoryMatching
 
 
 @register("distill-joint", "distillation", "trajectory matching, images and text vectors both learned")

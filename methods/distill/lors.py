@@ -28,7 +28,7 @@ from bench.distill.unroll import InnerLoss
 from bench.methods_api import MethodOutput
 from bench.models.losses import contrastive_loss
 from bench.registry import register
-from methods.distill._trajectory import TrajectoryMatching
+from bench.trajectory_api import TrajectoryMatching
 
 
 @dataclass(frozen=True)

@@ -38,14 +38,14 @@ from sklearn.cluster import KMeans
 from threadpoolctl import threadpool_limits
 from torch.nn import functional as F
 
-from bench.data.pairs import PairSet, normalize_images
+from bench.data.pairs import PairSet
 from bench.distill.experts import TrajectoryBuffer
 from bench.methods_api import Method, MethodContext, MethodOutput, check_budget
 from bench.models.losses import contrastive_loss
 from bench.models.student import functional_embed, tower_features
 from bench.protocol.train import check_momentum
 from bench.registry import register
-from methods.distill._trajectory import text_drift
+from bench.trajectory_api import text_drift
 
 EPS = 1e-12
 COS_LIMIT = 1 - 1e-6  # arccos has an infinite slope at +-1
@@ -273,10 +273,9 @@ class Mdm(Method):
         if max_epoch == cfg.min_epoch and (cfg.same_expert or len(buffer) == 1):
             raise ValueError(f"two checkpoints of one expert need two epochs, but min_epoch = max_epoch = {max_epoch}")
         init, _, _ = kmeans_init(ctx.proxy_features(), budget, seed)
-        start = ctx.real_subset(init)
         device = ctx.device
-        images = normalize_images(start.images[start.image_index]).float().to(device).requires_grad_(True)
-        texts = start.text_emb.float().to(device).requires_grad_(True)
+        start = ctx.editable_subset(init, device)
+        images, texts = start.images, start.texts
         opt = torch.optim.SGD([{"params": [images], "lr": cfg.lr_img}, {"params": [texts], "lr": cfg.lr_txt}],
                               momentum=cfg.momentum)
 

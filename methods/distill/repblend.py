@@ -24,7 +24,7 @@ import torch
 
 from bench.distill.unroll import HeadInputs
 from bench.registry import register
-from methods.distill._trajectory import TrajectoryMatching
+from bench.trajectory_api import TrajectoryMatching
 from methods.distill.lors import Lors, LorsConfig
 
 

@@ -1,7 +1,7 @@
 """distill-text: trajectory matching with only text vectors learned (images stay real)."""
 
 from bench.registry import register
-from methods.distill._trajectory import TrajectoryMatching
+from bench.trajectory_api import TrajectoryMatching
 
 
 @register("distill-text", "distillation", "trajectory matching, only text vectors learned (images stay real)")

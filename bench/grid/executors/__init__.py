@@ -19,6 +19,9 @@ class Reporter(Protocol):
     def started(self, name: str) -> None:
         """A job (a cell id, or e.g. ``expert 0 of embedded``) starts."""
 
+    def ended(self, name: str, error: BaseException | None) -> None:
+        """A job that is not a cell (an expert, a proxy) ended: ``error`` None when it succeeded."""
+
     def finished(self, cell: Cell, error: BaseException | None, attempts: int, written_to: str | None = None) -> None:
         """A cell ended: ``error`` None when its record is written, else why it failed after
         ``attempts`` tries (0: never started, because an input it needs failed). ``written_to``:

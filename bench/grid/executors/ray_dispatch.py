@@ -156,10 +156,31 @@ def check_ray_address(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> Non
                               f"{timeout_s:g} s); start it (`ray start --head`) or fix --ray-address") from None
 
 
+#: Ray's own console chatter, off unless the user's environment says otherwise: the driver's
+#: INFO log lines (``Started a local Ray instance.``) and the autoscaler's event lines, which a
+#: log file would interleave with the suite's; :func:`init_ray` prints one line of its own
+#: instead. Worker output (warnings, tracebacks) still reaches the driver (``log_to_driver``).
+#: Set when this module is imported: Ray reads ``RAY_SCHEDULER_EVENTS`` once, when imported.
+QUIET_RAY = {"RAY_SCHEDULER_EVENTS": "0"}
+for _name, _value in QUIET_RAY.items():
+    os.environ.setdefault(_name, _value)
+
+
+def cluster_line(address: str | None, resources: dict[str, float], nodes: int) -> str:
+    """The suite's one line about the cluster a run uses (in place of Ray's INFO lines)."""
+    size = f"{resources.get('CPU', 0):g} CPUs" + (f", {resources['GPU']:g} GPUs" if resources.get("GPU") else "")
+    if not address:
+        return f"ray: started a local cluster with {size}"
+    return f"ray: joined the cluster at {address} ({nodes} node{'s' if nodes != 1 else ''}, {size})"
+
+
 def init_ray(address: str | None) -> None:
-    """Join ``address`` or start a local cluster (once per process). Without an address Ray
-    would join the last cluster a ``ray start`` left on this machine (``/tmp/ray``), another
-    user's included; ``address="local"`` always starts our own."""
+    """Join ``address`` or start a local cluster (once per process), quietly: one line says
+    which (:func:`cluster_line`). Without an address Ray would join the last cluster a ``ray
+    start`` left on this machine (``/tmp/ray``), another user's included; ``address="local"``
+    always starts our own."""
+    import logging
+
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -168,12 +189,15 @@ def init_ray(address: str | None) -> None:
     # Workers need the driver's import path (plugins outside the repository, a source checkout).
     pythonpath = os.pathsep.join(p for p in [os.getcwd(), os.environ.get("PYTHONPATH", "")] if p)
     env = {"env_vars": {"PYTHONPATH": pythonpath, "RAY_AUTH_MODE": os.environ["RAY_AUTH_MODE"]}}
-    kwargs: dict[str, Any] = {"runtime_env": env, "include_dashboard": False, "log_to_driver": True}
+    kwargs: dict[str, Any] = {"runtime_env": env, "include_dashboard": False, "log_to_driver": True,
+                              "logging_level": logging.WARNING}
     if address:
         check_ray_address(address)
         ray.init(address=address, **kwargs)
     else:  # a new cluster of our own: never join one that someone started on this machine
         ray.init(address="local", **kwargs)
+    nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+    print(cluster_line(address, ray.cluster_resources(), nodes), flush=True)
 
 
 class _Job:
@@ -264,6 +288,8 @@ def run_ray(grid: GridConfig, todo: list[Cell], reporter: Reporter, plugins: lis
             job.finished = True
         except Exception as exc:  # noqa: BLE001 - the task already used its retries
             job.fail(exc)
+        if job.cell is None:  # an expert or a proxy (a cell is reported as finished)
+            reporter.ended(job.name, job.error)
         if job.cell is not None:
             reporter.finished(job.cell, job.error, runner.max_retries + 1, written_to)
 

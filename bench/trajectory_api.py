@@ -1,5 +1,21 @@
-"""Glue shared by the trajectory-matching variants: the variants differ only in which of
-images / texts they learn, so each variant module is a two-line subclass of this."""
+"""The trajectory-matching base class a method plugin subclasses (part of the plugin face).
+
+:class:`TrajectoryMatching` is a whole method: it draws ``budget`` real pairs from the seed,
+copies them into an editable synthetic set (:func:`bench.methods_api.editable_set`), matches
+expert trajectories with :class:`bench.distill.matching.TrajectoryMatcher` and returns the
+set with its learned step sizes. A variant sets ``learn_images`` / ``learn_texts`` and
+overrides what differs: ``learned`` (extra learned tensors), ``inner_loss`` (the loss of the
+unrolled steps), ``head_inputs`` (what the heads get in each step) and ``output``. The
+built-in ``distill-image``, ``distill-text`` and ``distill-joint`` are two-line subclasses,
+``lors`` and ``repblend`` larger ones (``methods/distill/``)::
+
+    from bench.registry import register
+    from bench.trajectory_api import TrajectoryMatching
+
+    @register("my-matching", "distillation", "trajectory matching, images only")
+    class MyMatching(TrajectoryMatching):
+        learn_images, learn_texts = True, False
+"""
 
 from __future__ import annotations
 
@@ -12,7 +28,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from bench.data.pairs import PairSet, normalize_images
+from bench.data.pairs import PairSet
 from bench.data.text_encoder import nearest_captions
 from bench.distill.matching import (
     LearnedTensor,
@@ -23,7 +39,7 @@ from bench.distill.matching import (
     step_sizes,
 )
 from bench.distill.unroll import HeadInputs, InnerLoss
-from bench.methods_api import Method, MethodContext, MethodOutput, check_budget
+from bench.methods_api import Method, MethodContext, MethodOutput, check_budget, editable_set
 from bench.protocol.augment import Augmentation
 
 
@@ -32,11 +48,12 @@ def synthetic_start(real: PairSet, cfg: MatchingConfig, learn_images: bool, lear
     """Images (model-input space), text vectors and step sizes, initialised from real pairs.
     ``text_scale``: the mean squared norm of the encoder's caption vectors (for
     ``text_lr_relative``)."""
-    texts = real.text_emb.float()
+    start = editable_set(real)
+    texts = start.texts.detach()
     lr_txt = cfg.lr_txt * (text_scale if cfg.text_lr_relative else 1.0)
     return {
-        "images": LearnedTensor(normalize_images(real.images[real.image_index]).float(), cfg.lr_img,
-                                cfg.momentum, learn_images, max_update=cfg.max_update),
+        "images": LearnedTensor(start.images.detach(), cfg.lr_img, cfg.momentum, learn_images,
+                                max_update=cfg.max_update),
         "texts": LearnedTensor(texts, lr_txt, cfg.momentum, learn_texts,
                                keep_norms(texts.norm(dim=1, keepdim=True)) if cfg.text_sphere else None,
                                cfg.max_update),
@@ -67,6 +84,10 @@ def text_drift(texts: torch.Tensor, real_texts: torch.Tensor, init: np.ndarray) 
 
 
 class TrajectoryMatching(Method):
+    """Trajectory matching of a synthetic set started from ``budget`` random real pairs; the
+    subclass says what is learned (``learn_images``, ``learn_texts``) and may override the
+    hooks (module docstring). Parameters: :class:`bench.distill.matching.MatchingConfig`."""
+
     Params = MatchingConfig
     uses_experts = True
     version = 2  # 2: flat-parameter matcher, per-step seeds for dropout (other draws than version 1)
