@@ -206,6 +206,21 @@ class Method(ABC):
         return None
 
     @classmethod
+    def file_problem(cls, params: Any) -> str | None:
+        """Why a file that ``params`` name cannot be read as ``run`` needs it (missing, not in
+        the format given), or None: checked for every method when the grid loads, so that such
+        an entry is one line before any dataset is prepared. The message starts with the
+        parameter's name (``path: ...``)."""
+        return None
+
+    @classmethod
+    def input_digest(cls, params: Any) -> str | None:
+        """The content identity (e.g. a sha256) of the files ``params`` name, or None when they
+        name none: part of every cell's hash, so that a file replaced at the same path makes
+        the cells that read it stale instead of showing the old file's numbers."""
+        return None
+
+    @classmethod
     def expert_epochs_reason(cls, params: Any) -> str:
         """The parameters behind :meth:`expert_epochs_needed`, with their values, as the
         load-time error names them (e.g. ``max_start_epoch 2 + expert_epochs 1``): each method

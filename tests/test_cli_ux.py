@@ -118,12 +118,17 @@ def test_methods_name_prints_parameters_with_types_defaults_and_search_space(cap
     assert main(["methods", "lors"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("lors (distillation): LoRS")
-    rows = {line.split()[0]: line.split(None, 1)[1] for line in out.splitlines() if line.startswith("  ")}
+    params = out.split("search space")[0]  # the parameter rows; the spaces below nest deeper
+    rows = {line.split()[0]: line.split(None, 1)[1] for line in params.splitlines()
+            if line.startswith("  ") and len(line.split()) > 1}
     assert rows["lr_sim"].split() == ["float", "10.0"]
     assert rows["loss"].split() == ["'wbce'", "|", "'infonce'", "'wbce'"]
     assert rows["batch_syn"].split() == ["int", "|", "None", "None"]
     assert rows["iterations"].split() == ["int", "200"]  # inherited from MatchingConfig
-    assert "search space (default_search): none declared" in out
+    # lors declares its space around the entry's recipe (docs/tuning.md)
+    space = out.split("search space (default_search)")[1].split("search space per budget")[0]
+    assert "alpha: 0.01, 0.1, 1.0" in space and "times: 0.3, 1, 3" in space and "none declared" not in space
+    assert "min_start_epoch: 0, 1, 2" in out.split("search space per budget")[1]
 
 
 def test_methods_name_prints_a_declared_search_space(capsys, isolated_registry):

@@ -227,7 +227,9 @@ def test_every_built_in_method_declares_a_valid_default_space(tmp_path):
             for name, dim in space.items():
                 assert isinstance(dim, Choice) and dim.values, (spec.key, name)
     names = {spec.name for spec in base.methods}
-    assert names == {n for n, c in all_methods().items() if c.__module__.startswith("methods.") and c.kind != "reference"}
+    # from-file evaluates a file it is given (nothing to tune, no entry of its own in embedded_full.yaml)
+    assert names == {n for n, c in all_methods().items()
+                     if c.__module__.startswith("methods.") and c.kind != "reference" and n != "from-file"}
     assert method_space(dataclasses.replace(base.methods[0], search="default"), get_method("random"), 100, "r") == {}
 
 

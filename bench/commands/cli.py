@@ -7,6 +7,7 @@
   python run_bench.py methods [NAME] [--plugin MODULE ...]
   python run_bench.py protocols [--wide]
   python run_bench.py cache [--config FILE] [--set ...] [--prune]
+  python run_bench.py export RESULTS_DIR OUT
 
 A problem the user can fix (a config value, a data file, a path, a plugin) is printed as one
 ``error: ...`` line on stderr with exit status 2; ``--debug`` shows its traceback as well.
@@ -250,6 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_arguments(cache)
     cache.add_argument("--prune", action="store_true", help="remove the entries the config does not read")
     cache.set_defaults(func=_cache)
+
+    from bench.commands.export import add_export_arguments
+
+    add_export_arguments(sub.add_parser("export", parents=[common],
+                                        help="write every finished cell's set as a bundle (safetensors + JSON card)"))
 
     from bench.commands.tune import add_tune_arguments
 

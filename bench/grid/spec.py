@@ -8,12 +8,13 @@ unknown method names (with close matches) and each method's own parameters (agai
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from bench.core.config import (
     PATH_FIELD,
+    absolute_path,
     absolute_paths,
     ConfigError,
     check_keys,
@@ -348,6 +349,9 @@ def resolve_cell(grid: GridConfig, cell: Cell) -> ResolvedCell:
     method: dict[str, Any] = {"name": spec.name, "params": to_dict(params), "label": spec.label}
     if cls.version != 1:
         method["version"] = cls.version
+    digest = cls.input_digest(params)
+    if digest is not None:  # the content of the files the method reads, not only their paths
+        method["inputs"] = digest
     parts: dict[str, Any] = {
         "dataset": to_dict(grid.dataset(cell.dataset)), "model": to_dict(grid.model),
         "evaluation": to_dict(grid.evaluation), "method": method, "budget": cell.budget, "seed": cell.method_seed,
@@ -413,6 +417,9 @@ def check_grid_reads(grid: GridConfig, spec: MethodSpec, params: Any, where: str
     (:func:`check_expert_epochs`) and what the proxy records (``Method.proxy_problem``)."""
     check_expert_epochs(grid, spec, params, where)
     cls = get_method(spec.name)
+    problem = cls.file_problem(params)
+    if problem:
+        raise ConfigError(f"{where}.{problem}")
     problem = cls.proxy_problem(params, grid.proxy) if cls.uses_proxy else None
     if problem:
         raise ConfigError(f"{where}.{problem}")
@@ -480,7 +487,29 @@ def build_grid(data: dict[str, Any]) -> GridConfig:
     check_tuning(grid)
     # Relative paths mean "from where the command runs": made absolute here, in the driver, so
     # that Ray workers (whose working directory is another) read and write the same places.
-    return absolute_paths(grid, Path.cwd())
+    return absolute_method_paths(absolute_paths(grid, Path.cwd()), Path.cwd())
+
+
+def absolute_method_paths(grid: GridConfig, base: Path) -> GridConfig:
+    """``grid`` with every method parameter that its ``Params`` marks :data:`PATH_FIELD` (e.g.
+    from-file's ``path``) absolute against ``base``, in ``params`` and in each budget's
+    override: method parameters are raw mappings in the config, which
+    :func:`bench.core.config.absolute_paths` cannot tell from other strings."""
+    import dataclasses
+
+    specs = []
+    for spec in grid.methods:
+        cls = get_method(spec.name)
+        keys = {f.name for f in dataclasses.fields(cls.Params) if f.metadata.get("path")} \
+            if dataclasses.is_dataclass(cls.Params) else set()
+
+        def fix(params: dict[str, Any]) -> dict[str, Any]:
+            return {k: absolute_path(v, base) if k in keys and isinstance(v, (str, Path)) else v
+                    for k, v in params.items()}
+
+        specs.append(replace(spec, params=fix(spec.params),
+                             budget_params={b: fix(p) for b, p in spec.budget_params.items()}) if keys else spec)
+    return replace(grid, methods=tuple(specs))
 
 
 def _blame(raw: dict[str, Any], sources: list[tuple[str, str]], message: str, path: str | Path,
