@@ -37,7 +37,9 @@ def test_loads_without_data_or_models(paper_grid):
     assert all(p and not Path(p).exists() for p in paths)
     assert Path(data.karpathy.train_json).name == {"flickr30k": "flickr30k_train.json",
                                                    "coco": "coco_karpathy_train.json"}[name]
-    assert grid.results_dir == f"results/{name}"
+    # Relative paths mean the working directory: the driver makes them absolute (Ray workers run elsewhere).
+    assert grid.results_dir == str(Path.cwd() / "results" / name)
+    assert data.karpathy.image_root == str(Path.cwd() / "data" / name)
 
 
 def test_recipe_matches_the_paper(paper_grid):
