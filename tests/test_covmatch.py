@@ -16,7 +16,7 @@ from bench.methods_api import MethodContext
 from bench.models.image_encoders import ImageEncoderConfig
 from bench.models.student import ModelConfig
 from bench.registry import get_method
-from methods.distill.covmatch import CovMatch, CovMatchConfig, covmatch_loss, cross_covariance
+from methods.distill.covmatch import HEADS, CovMatch, CovMatchConfig, covmatch_loss, cross_covariance, fresh_heads
 from tests.grid_helpers import records, tiny_grid
 
 CPU = torch.device("cpu")
@@ -97,6 +97,16 @@ def test_params_are_validated(bad):
 
 
 # ----------------------------------------------------------------------------- the method
+
+def test_fresh_heads_are_a_function_of_their_seed_and_leave_the_tower(env):
+    template = _ctx(env).student(0)
+    tower = {k: v.detach().clone() for k, v in template.named_parameters() if not k.startswith(HEADS)}
+    a, b, c = fresh_heads(template, 5), fresh_heads(template, 5), fresh_heads(template, 6)
+    assert set(a) == {k for k, _ in template.named_parameters() if k.startswith(HEADS)} and a
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a if a[k].dim() > 1)
+    assert all(torch.equal(v, dict(template.named_parameters())[k]) for k, v in tower.items())
+
 
 def test_a_run_moves_images_and_texts_and_is_determined_by_its_seed(env):
     ctx = _ctx(env)

@@ -8,9 +8,10 @@ features, so a synthetic set whose cross-covariance equals the real one trains t
 projections: the bi-level problem reduces to a closed-form moment match, cheap enough to let
 both towers train. Every iteration here:
 
-1. draws a student (fresh heads from the iteration's seed: the paper's "randomly initialise the
-   projection layers" each round; a pretrained tower keeps its weights, a frozen one gives every
-   real image the same features, computed once);
+1. draws fresh heads from the iteration's seed (the paper's Algorithm 1: "randomly initialise
+   projection layers G_v, G_l" every round, the encoders reset to their pretrained weights); the
+   tower is the student's (pretrained, or the method seed's initialisation), and a frozen one
+   gives every real image the same features, computed once;
 2. embeds a real batch (``batch_real`` pairs) and the whole synthetic set through the heads
    (L2-normalised: what the contrastive loss sees) into z_v, z_l;
 3. minimises
@@ -27,6 +28,7 @@ Every random choice of iteration ``it`` (student, real batch) comes from a gener
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,7 +36,7 @@ import torch
 
 from bench.data.pairs import PairSet, normalize_images
 from bench.methods_api import Method, MethodContext, MethodOutput, check_budget
-from bench.models.student import build_student, functional_embed, tower_features
+from bench.models.student import Student, functional_embed, tower_features
 from bench.protocol.train import check_momentum
 from bench.registry import register
 from methods.distill._trajectory import text_drift
@@ -49,7 +51,7 @@ class CovMatchConfig:
 
     iterations: int = 200
     batch_real: int = 256
-    lr_img: float = 100.0
+    lr_img: float = 1000.0
     lr_txt: float = 10.0
     momentum: float = 0.5
     w_intra: float = 1.0
@@ -71,6 +73,21 @@ def cross_covariance(z_img: torch.Tensor, z_txt: torch.Tensor, center: bool = Tr
     if center:
         z_img, z_txt = z_img - z_img.mean(dim=0), z_txt - z_txt.mean(dim=0)
     return z_img.T @ z_txt / z_img.shape[0]
+
+
+HEADS = ("image_projection.", "text_head.")
+
+
+def fresh_heads(template: Student, seed: int) -> dict[str, torch.Tensor]:
+    """The parameters of ``template``'s heads re-initialised from ``seed`` alone (on the CPU,
+    by each layer's own initialiser: what a fresh student's heads would be); the tower is kept."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for head in (template.image_projection, template.text_head):
+            for module in head.modules():
+                if hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
+    return {k: v.detach().clone() for k, v in template.named_parameters() if k.startswith(HEADS)}
 
 
 def covmatch_loss(real: tuple[torch.Tensor, torch.Tensor], syn: tuple[torch.Tensor, torch.Tensor],
@@ -107,15 +124,15 @@ class CovMatch(Method):
         opt = torch.optim.SGD([{"params": [images], "lr": cfg.lr_img}, {"params": [texts], "lr": cfg.lr_txt}],
                               momentum=cfg.momentum)
         real = ctx.data.train_pairs()
-        student = ctx.student(seed).to(device).eval()
-        real_features = tower_features(student, real.images, device) if student.frozen_tower else None
+        template = ctx.student(seed).eval()  # on the CPU: its heads are re-drawn there every iteration
+        heads = copy.deepcopy(template).to(device).eval()
+        tower = {k: v.detach() for k, v in heads.named_parameters() if not k.startswith(HEADS)}
+        real_features = tower_features(heads, real.images, device) if heads.frozen_tower else None
         n_real = min(cfg.batch_real, len(real))
         losses: list[dict[str, float]] = []
         for it in range(cfg.iterations):
             rng = np.random.default_rng([seed, it])
-            heads = build_student(ctx.model_cfg, ctx.data.train.resolution, ctx.data.text_dim,
-                                  int(rng.integers(2**31))).to(device).eval()
-            params = {k: v.detach() for k, v in heads.named_parameters()}
+            params = {**tower, **{k: v.to(device) for k, v in fresh_heads(template, int(rng.integers(2**31))).items()}}
             real_idx = torch.from_numpy(rng.choice(len(real), size=n_real, replace=False))
             with torch.no_grad():
                 if real_features is None:
