@@ -113,6 +113,7 @@ def test_phase_sizes_follow_the_fractions_and_the_last_takes_the_rest():
     ({"phase_min_start": (2, 1)}, "start window"),
     ({"shortcut_ends": (1, 7)}, "shortcut_ends 1 must reach"),
     ({"ema_decay": 1.0}, "ema_decay"),
+    ({"iterations": 10, "snapshots": (5,)}, "no snapshots"),
 ])
 def test_params_are_validated(bad, match):
     with pytest.raises(ValueError, match=match):

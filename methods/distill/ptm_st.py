@@ -85,6 +85,8 @@ class PtmStConfig(LorsConfig):
                                  f"{hi - 1 + self.expert_epochs} (phase_max_start - 1 + expert_epochs)")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.snapshots:
+            raise ValueError("ptm-st keeps no snapshots (a chain of phases stopped early is no shorter run's result)")
 
     def phase(self, k: int) -> PtmStConfig:
         """The matching parameters of phase ``k``: its start window, no snapshots."""
