@@ -40,6 +40,8 @@ SOURCE_TITLES: Mapping[str, str] = {
     "repblend": "Beyond Modality Collapse: Representations Blending for Multimodal Dataset Distillation "
                 "(NeurIPS 2025)",
     "mdm": "Multimodal Distribution Matching for Vision-Language Dataset Distillation (CVPR 2026)",
+    "covmatch": "CovMatch: Cross-Covariance Guided Multimodal Dataset Distillation with Trainable Text Encoder "
+                "(NeurIPS 2025)",
 }
 #: Rows below the recalls of each budget: the normalised score and the selection's optimism.
 NORM = "norm"
