@@ -39,7 +39,7 @@ from bench.methods_api import Method, MethodContext, MethodOutput, check_budget
 from bench.models.student import Student, functional_embed, tower_features
 from bench.protocol.train import check_momentum
 from bench.registry import register
-from methods.distill._trajectory import text_drift
+from bench.trajectory_api import text_drift
 
 
 @dataclass(frozen=True)

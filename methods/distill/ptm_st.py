@@ -43,7 +43,7 @@ from bench.distill.matching import LearnedTensor, MatchingState, TrajectoryMatch
 from bench.methods_api import MethodContext, MethodOutput, check_budget
 from bench.protocol.augment import Augmentation
 from bench.registry import register
-from methods.distill._trajectory import TrajectoryMatching, text_drift
+from bench.trajectory_api import TrajectoryMatching, text_drift
 from methods.distill.lors import Lors, LorsConfig, similarity
 
 #: The learned tensors the EMA follows (everything the authors' ModelEmaV2 is given).
