@@ -31,7 +31,8 @@ def test_scaling_the_paper_grid_down_drops_the_removed_budgets_entries(tmp_path,
     assert len(shown) == 1
     assert shown[0] == ("--set 'budgets=[100]': dropped the entries of budgets no longer run: "
                         "methods[5] (lors).budget_params.200; methods[5] (lors).budget_params.500; "
-                        "methods[6] (repblend).budget_params.200; methods[6] (repblend).budget_params.500")
+                        "methods[6] (repblend).budget_params.200; methods[6] (repblend).budget_params.500; "
+                        "methods[8] (ptm-st).budget_params.200; methods[8] (ptm-st).budget_params.500")
     # The cells that stay are the paper grid's own: same hashes, so their records stay valid.
     full = load_grid(PAPER)
     for cell in plan_cells(grid):
