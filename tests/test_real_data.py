@@ -179,4 +179,4 @@ def test_the_documented_scale_down_command_loads(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.warns(UserWarning, match="dropped the entries of budgets no longer run"):
         grid = load_grid(REPO / "configs" / "flickr30k.yaml", sets)
-    assert grid.budgets == (100,) and grid.experts.epochs == 3 and len(grid.methods) == 8
+    assert grid.budgets == (100,) and grid.experts.epochs == 6 and len(grid.methods) == 10
