@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bench.data.pairs import normalize_images
+from bench.data.pairs import PairSet, normalize_images
 from bench.models.heads import build_head
 from bench.models.image_encoders import ImageEncoderConfig, build_image_encoder
 
@@ -140,3 +140,15 @@ def functional_embed(
     """The student's forward with ``params`` in place of its own (buffers stay the module's)."""
     return torch.func.functional_call(student, dict(params), (images, text_emb),
                                       {"from_features": from_features, "before_heads": before_heads})
+
+
+@torch.no_grad()
+def embed_real_batch(student: Student, params: Mapping[str, torch.Tensor], real: PairSet, indices: torch.Tensor,
+                     features: torch.Tensor | None, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`functional_embed` of the real pairs ``indices``, without gradients: from the
+    frozen tower's precomputed ``features`` (:func:`tower_features` of ``real.images``) when
+    given, else from the pixels. What distribution-matching methods compare their set with."""
+    if features is None:
+        return functional_embed(student, params, *real.batch(indices, device))
+    return functional_embed(student, params, features[real.image_index[indices].to(device)],
+                            real.text_emb[indices].to(device), from_features=True)

@@ -36,7 +36,7 @@ import torch
 
 from bench.data.pairs import PairSet, normalize_images
 from bench.methods_api import Method, MethodContext, MethodOutput, check_budget
-from bench.models.student import Student, functional_embed, tower_features
+from bench.models.student import Student, embed_real_batch, functional_embed, tower_features
 from bench.protocol.train import check_momentum
 from bench.registry import register
 from bench.trajectory_api import text_drift
@@ -135,12 +135,7 @@ class CovMatch(Method):
             rng = np.random.default_rng([seed, it])
             params = {**tower, **{k: v.to(device) for k, v in fresh_heads(template, int(rng.integers(2**31))).items()}}
             real_idx = torch.from_numpy(rng.choice(len(real), size=n_real, replace=False))
-            with torch.no_grad():
-                if real_features is None:
-                    real_emb = functional_embed(heads, params, *real.batch(real_idx, device))
-                else:
-                    real_emb = functional_embed(heads, params, real_features[real.image_index[real_idx].to(device)],
-                                                real.text_emb[real_idx].to(device), from_features=True)
+            real_emb = embed_real_batch(heads, params, real, real_idx, real_features, device)
             syn_emb = functional_embed(heads, params, images, texts)
             terms = covmatch_loss(real_emb, syn_emb, cfg.w_intra, cfg.center)
             opt.zero_grad(set_to_none=True)

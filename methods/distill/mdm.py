@@ -42,7 +42,7 @@ from bench.data.pairs import PairSet
 from bench.distill.experts import TrajectoryBuffer
 from bench.methods_api import Method, MethodContext, MethodOutput, check_budget
 from bench.models.losses import contrastive_loss
-from bench.models.student import functional_embed, tower_features
+from bench.models.student import embed_real_batch, functional_embed, tower_features
 from bench.protocol.train import check_momentum
 from bench.registry import register
 from bench.trajectory_api import text_drift
@@ -292,12 +292,7 @@ class Mdm(Method):
             ratios += r
             real_idx = torch.from_numpy(rng.choice(len(real), size=min(cfg.batch_real, len(real)), replace=False))
             syn_idx = torch.from_numpy(rng.choice(budget, size=min(cfg.batch_syn, budget), replace=False)).to(device)
-            with torch.no_grad():
-                if real_features is None:
-                    real_emb = functional_embed(teacher, params, *real.batch(real_idx, device))
-                else:
-                    real_emb = functional_embed(teacher, params, real_features[real.image_index[real_idx].to(device)],
-                                                real.text_emb[real_idx].to(device), from_features=True)
+            real_emb = embed_real_batch(teacher, params, real, real_idx, real_features, device)
             syn_emb = functional_embed(teacher, params, images[syn_idx], texts[syn_idx])
             terms = mdm_loss(real_emb, syn_emb, cfg)
             opt.zero_grad(set_to_none=True)
