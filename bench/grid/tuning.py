@@ -35,7 +35,7 @@ from typing import Any
 from bench.core.config import ConfigError, from_dict, to_dict
 from bench.core.io import stable_hash
 from bench.grid.search import Choice, Range, Space, TuningConfig, grid_points, method_space
-from bench.grid.spec import Cell, GridConfig, MethodSpec
+from bench.grid.spec import Cell, GridConfig, MethodSpec, check_expert_epochs
 from bench.grid.store import ResultStore
 from bench.registry import get_method
 
@@ -116,8 +116,6 @@ class _Proposer:
         seed = int(stable_hash([tuning.seed, *group.key])[:8], 16)
         self.pending: list[Any] = []
         recipe = recipe_point(group, self.space)
-        full = recipe_point(group, group.space)
-        group.recipe = full
         discrete = all(isinstance(d, Choice) for d in self.space.values())
         if tuning.sampler == "grid" or (tuning.sampler == "random" and discrete):
             # Random over lists of values = the grid in a seeded random order: no point twice.
@@ -207,8 +205,8 @@ def _value(dim: Choice | Range, raw: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------- running trials
-def _trials_of_run(group: Group, run: int, values: dict[str, Any], snapshot_param: str | None,
-                   expert_epochs: int) -> list[Trial]:
+def _trials_of_run(grid: GridConfig, group: Group, run: int, values: dict[str, Any],
+                   snapshot_param: str | None) -> list[Trial]:
     """The trials of one method run: one, or one per value of the snapshot parameter (the
     largest value leads and snapshots the others)."""
     cls = get_method(group.spec.name)
@@ -230,13 +228,9 @@ def _trials_of_run(group: Group, run: int, values: dict[str, Any], snapshot_para
                                 params, leader))
     for trial in trials:
         try:
-            params = from_dict(cls.Params, trial.params)
+            check_expert_epochs(grid, group.spec, from_dict(cls.Params, trial.params), trial.label)
         except ConfigError as exc:
             trial.problem = f"an invalid combination: {str(exc).split(': ', 1)[-1]}"
-            continue
-        needed = cls.expert_epochs_needed(params) if cls.uses_experts else 0
-        if needed > expert_epochs:
-            trial.problem = f"reads {needed} expert epochs, the experts have {expert_epochs}"
     if trials[-1].problem and len(trials) > 1:  # without its leader no follower is cheap: each runs itself
         for trial in trials:
             trial.leader = True
@@ -288,6 +282,17 @@ def _run_trials(grid: GridConfig, dataset: str, trials: list[tuple[Group, Trial]
         trial.seconds = round(float(record.method_cost.get("seconds", 0.0)) + float(record.eval_cost.get("seconds", 0.0)), 3)
 
 
+def _run_leaders_first(grid: GridConfig, trials: list[tuple[Group, Trial]], split: str, results_dir: Path,
+                       plugins: list[str], progress: bool, on_test: bool = False) -> None:
+    """:func:`_run_trials` per dataset, the leaders before the followers, which read the
+    snapshots their leaders write."""
+    for data in grid.datasets:
+        mine = [(g, t) for g, t in trials if g.dataset == data.name]
+        for leaders in (True, False):
+            _run_trials(grid, data.name, [(g, t) for g, t in mine if t.leader is leaders], split, results_dir,
+                        plugins, progress, on_test)
+
+
 @dataclass
 class TuningResult:
     """The groups with their trials and choices, and the grid of phase 2."""
@@ -321,8 +326,8 @@ def tune_grid(grid: GridConfig, plugins: list[str] | None = None, progress: bool
     groups = tuning_groups(grid)
     proposers = {}
     for group in groups:
-        cls = get_method(group.spec.name)
-        proposers[group.key] = _Proposer(tuning, group, cls.snapshot_param)
+        group.recipe = recipe_point(group, group.space)
+        proposers[group.key] = _Proposer(tuning, group, get_method(group.spec.name).snapshot_param)
     per_round = tuning.batch if tuning.sampler == "tpe" else tuning.trials
     round_no = 0
     while True:
@@ -335,17 +340,12 @@ def tune_grid(grid: GridConfig, plugins: list[str] | None = None, progress: bool
             snapshot_param = get_method(group.spec.name).snapshot_param
             for values in asked[group.key]:
                 run = len({t.run for t in group.trials})
-                for trial in _trials_of_run(group, run, values, snapshot_param, grid.experts.epochs):
+                for trial in _trials_of_run(grid, group, run, values, snapshot_param):
                     group.trials.append(trial)
                     fresh.append((group, trial))
         say(f"tuning: round {round_no}: {len(fresh)} trial cell(s) of {len(groups)} (dataset, method, budget) "
             f"group(s) on {TRIAL_SPLIT} ({tuning.sampler} sampler, seed {tuning.seed}); records in {results_dir}")
-        for data in grid.datasets:
-            mine = [(g, t) for g, t in fresh if g.dataset == data.name]
-            # Leaders first: the followers read the snapshots their leaders write.
-            _run_trials(grid, data.name, [(g, t) for g, t in mine if t.leader], TRIAL_SPLIT, results_dir, plugins, progress)
-            _run_trials(grid, data.name, [(g, t) for g, t in mine if not t.leader], TRIAL_SPLIT, results_dir, plugins,
-                        progress)
+        _run_leaders_first(grid, fresh, TRIAL_SPLIT, results_dir, plugins, progress)
         for group in groups:
             runs = sorted({t.run for g, t in fresh if g is group})
             scores = []
@@ -413,12 +413,8 @@ def run_audit(grid: GridConfig, groups: list[Group], results_dir: Path, plugins:
     best trial on test. Reads only what the choice already fixed; changes nothing of it."""
     from scipy.stats import kendalltau
 
-    for data in grid.datasets:
-        mine = [(g, t) for g in groups if g.dataset == data.name for t in g.trials if t.val_mean is not None]
-        _run_trials(grid, data.name, [(g, t) for g, t in mine if t.leader], "test", results_dir, plugins, progress,
-                    on_test=True)
-        _run_trials(grid, data.name, [(g, t) for g, t in mine if not t.leader], "test", results_dir, plugins,
-                    progress, on_test=True)
+    finished = [(g, t) for g in groups for t in g.trials if t.val_mean is not None]
+    _run_leaders_first(grid, finished, "test", results_dir, plugins, progress, on_test=True)
     for group in groups:
         both = [t for t in group.trials if t.val_mean is not None and t.test_mean is not None]
         if group.chosen is None or not both:
@@ -448,6 +444,3 @@ def annotate_records(result: TuningResult, store: ResultStore, cells: list[Cell]
         changed += 1
     return changed
 
-
-def tuning_to_dict(config: TuningConfig | None) -> dict[str, Any] | None:
-    return None if config is None else to_dict(config)
