@@ -75,7 +75,7 @@ def test_export_writes_a_bundle_and_card_per_finished_cell(original):
 def test_from_file_reads_the_exported_sets_back_with_the_same_numbers(original):
     root, grid, out = original
     entries = yaml.safe_load((out / "embedded.methods.yaml").read_text())
-    assert {e["label"] for e in entries} == {"random.s0", "lors.s0"}
+    assert {e["label"] for e in entries} == {"random", "lors"}  # one method seed: the names themselves
     again = build_grid(grid_data(root.parent / "again", entries))
     run = GridRun(again, progress=False).run()
     assert not run.failed and len(run.done) == 4
@@ -83,11 +83,30 @@ def test_from_file_reads_the_exported_sets_back_with_the_same_numbers(original):
     for method in ("random", "lors"):
         for budget in (10, 20):
             a = first[f"embedded__{method}__b{budget}__s0"]
-            b = second[f"embedded__{method}.s0__b{budget}__s0"]
+            b = second[f"embedded__{method}__b{budget}__s0"]
             assert [s["metrics"] for s in b["per_seed"]] == [s["metrics"] for s in a["per_seed"]], (method, budget)
             assert b["learned_lrs"] == a["learned_lrs"] and b["method_name"] == "from-file"
             assert b["source_indices"] == a["source_indices"]  # same dataset key: the real pairs are kept
     assert first["embedded__lors__b10__s0"]["learned_lrs"] is not None
+
+
+def test_entries_of_a_method_with_several_seeds_name_the_seed(tmp_path):
+    """Two method seeds of one method would collide under its name: each entry says its seed,
+    while a method with one seed keeps its name (the table's random row and norm need it)."""
+    from types import SimpleNamespace
+
+    from bench.reports.export import from_file_entries
+
+    def bundle(method, seed, budget):
+        record = SimpleNamespace(dataset="embedded", method=method, method_seed=seed, budget=budget)
+        return record, tmp_path / f"{method}-{seed}-{budget}.safetensors"
+
+    entries = from_file_entries([bundle("mdm", 0, 10), bundle("mdm", 1, 10), bundle("mdm", 1, 20),
+                                 bundle("random", 0, 10)])["embedded"]
+    by_label = {e["label"]: e for e in entries}
+    assert set(by_label) == {"mdm.s0", "mdm.s1", "random"}
+    assert by_label["mdm.s1"]["budgets"] == [10, 20]
+    assert by_label["mdm.s1"]["budget_params"] == {20: {"path": str((tmp_path / "mdm-1-20.safetensors").resolve())}}
 
 
 def test_the_cell_hash_follows_the_file_content(original, tmp_path):

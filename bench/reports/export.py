@@ -117,14 +117,21 @@ def card_of(record: CellRecord, pairs: PairSet, lrs: dict[str, float] | None, te
 
 def from_file_entries(bundles: list[tuple[CellRecord, Path]]) -> dict[str, list[dict[str, Any]]]:
     """Per dataset, one ``from-file`` method entry per (method, seed) of the bundles, each
-    budget's file through ``budget_params`` (absolute paths: a grid reads them from anywhere)."""
+    budget's file through ``budget_params`` (absolute paths: a grid reads them from anywhere),
+    labelled by the method's name, or ``<method>.s<seed>`` where it has several seeds."""
     groups: dict[tuple[str, str, int | None], dict[int, Path]] = defaultdict(dict)
     for record, path in bundles:
         groups[(record.dataset, record.method, record.method_seed)][int(record.budget or 0)] = path
+    seeds: dict[tuple[str, str], int] = defaultdict(int)
+    for dataset, method, _ in groups:
+        seeds[(dataset, method)] += 1
     out: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for (dataset, method, seed), files in groups.items():
         budgets = sorted(files)
-        entry: dict[str, Any] = {"name": "from-file", "label": f"{method}.s{seed}", "budgets": budgets,
+        # The method's own name while it has one method seed here: the re-evaluated table then
+        # keeps its ``random`` row and normalised score; ``<method>.s<seed>`` tells seeds apart.
+        label = method if seeds[(dataset, method)] == 1 else f"{method}.s{seed}"
+        entry: dict[str, Any] = {"name": "from-file", "label": label, "budgets": budgets,
                                  "params": {"path": str(files[budgets[0]].resolve()), "format": "bench"}}
         if len(budgets) > 1:
             entry["budget_params"] = {b: {"path": str(files[b].resolve())} for b in budgets[1:]}
