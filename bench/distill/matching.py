@@ -8,7 +8,8 @@ for the image side, one for the text side), and minimises
     ||theta_hat_img - theta_{s+E}_img||^2 / ||theta_s_img - theta_{s+E}_img||^2
   + ||theta_hat_txt - theta_{s+E}_txt||^2 / ||theta_s_txt - theta_{s+E}_txt||^2
 
-with respect to the learned tensors. What is learned is data: the method hands the matcher a
+with respect to the learned tensors (s is one start epoch for both sides, or, with a text start
+range of its own, one per side: AMD's asynchronous matching). What is learned is data: the method hands the matcher a
 mapping of :class:`LearnedTensor` (``images``, ``texts`` and ``lrs`` always, plus anything its
 inner loss reads, e.g. LoRS's similarity parameters), each with its own optimiser settings and
 an optional projection, and optionally its own inner loss. How the meta-gradient is computed
