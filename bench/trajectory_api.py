@@ -106,12 +106,13 @@ class TrajectoryMatching(Method):
 
     @classmethod
     def expert_epochs_needed(cls, params: MatchingConfig) -> int:
-        """A start epoch below ``max_start_epoch`` plus ``expert_epochs`` (the matcher's rule)."""
+        """A start epoch below ``max_start_epoch`` (or ``text_max_start_epoch`` when higher) plus
+        ``expert_epochs`` (the matcher's rule)."""
         return params.last_epoch + 1
 
     @classmethod
     def expert_epochs_reason(cls, params: MatchingConfig) -> str:
-        return f"max_start_epoch {params.max_start_epoch} + expert_epochs {params.expert_epochs}"
+        return params.last_epoch_reason
 
     def learned(self, real: PairSet, text_scale: float = 1.0, seed: int = 0) -> dict[str, LearnedTensor]:
         """What the matcher learns (a subclass adds its own tensors here)."""

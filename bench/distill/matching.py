@@ -8,7 +8,8 @@ for the image side, one for the text side), and minimises
     ||theta_hat_img - theta_{s+E}_img||^2 / ||theta_s_img - theta_{s+E}_img||^2
   + ||theta_hat_txt - theta_{s+E}_txt||^2 / ||theta_s_txt - theta_{s+E}_txt||^2
 
-with respect to the learned tensors. What is learned is data: the method hands the matcher a
+with respect to the learned tensors (s is one start epoch for both sides, or, with a text start
+range of its own, one per side: AMD's asynchronous matching). What is learned is data: the method hands the matcher a
 mapping of :class:`LearnedTensor` (``images``, ``texts`` and ``lrs`` always, plus anything its
 inner loss reads, e.g. LoRS's similarity parameters), each with its own optimiser settings and
 an optional projection, and optionally its own inner loss. How the meta-gradient is computed
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -55,7 +56,12 @@ class MatchingConfig:
     """Parameters of trajectory matching (names follow the MTT / VL-distillation code).
 
     Start epochs are drawn from [min_start_epoch, max_start_epoch); the target is
-    ``expert_epochs`` later. inner_logit_scale: the contrastive logit scale inside the unrolled
+    ``expert_epochs`` later. text_min_start_epoch / text_max_start_epoch: the text side's own
+    start range (asynchronous matching, AMD, ICLR 2026): when either is set, the text head starts
+    from its own start epoch, drawn independently from [text_min_start_epoch,
+    text_max_start_epoch) (an unset bound is the image side's), and is matched to that epoch +
+    ``expert_epochs``; unset (the default), both sides start from one epoch, as in MTT-VL and
+    LoRS. inner_logit_scale: the contrastive logit scale inside the unrolled
     steps (1/0.07 as in the evaluation; the original code used log(1/0.07) = 2.66 there by
     mistake, set it to reproduce that). checkpoint_every: iterations between checkpoints
     (0 = never).
@@ -119,6 +125,9 @@ class MatchingConfig:
     #: keeps its final checkpoint: a later run with ``iterations`` = one of them finds itself
     #: finished (tuning evaluates "when to stop" from one run). Changes nothing of this run.
     snapshots: tuple[int, ...] = field(default=(), metadata={"omit_if_default": True})
+    # Kept out of the repr, which run keys hash (see run_key): keys made before these existed stay valid.
+    text_min_start_epoch: int | None = field(default=None, repr=False, metadata={"omit_if_default": True})
+    text_max_start_epoch: int | None = field(default=None, repr=False, metadata={"omit_if_default": True})
 
     def __post_init__(self) -> None:
         if min(self.iterations, self.syn_steps, self.expert_epochs, self.max_start_epoch) < 1:
@@ -142,11 +151,56 @@ class MatchingConfig:
         check_momentum(self.momentum)
         if self.max_update is not None and self.max_update <= 0:
             raise ValueError(f"max_update must be > 0 (or null for no trust region), got {self.max_update}")
+        self._check_text_range()
+
+    def _check_text_range(self) -> None:
+        if self.text_max_start_epoch is not None and self.text_max_start_epoch < 1:
+            raise ValueError(f"text_max_start_epoch must be >= 1 (or null: max_start_epoch's), "
+                             f"got {self.text_max_start_epoch}")
+        text = self.text_start_range
+        if text is None or 0 <= text[0] < text[1]:
+            return
+        if self.text_min_start_epoch is None:
+            raise ValueError(f"text_max_start_epoch must be > min_start_epoch = {self.min_start_epoch} (the text "
+                             f"side's lowest start while text_min_start_epoch is unset), got {text[1]}")
+        bound = "text_max_start_epoch" if self.text_max_start_epoch is not None else "max_start_epoch"
+        raise ValueError(f"text_min_start_epoch must be in [0, {bound} = {text[1]}), got {text[0]}"
+                         + ("" if self.text_max_start_epoch is not None else
+                            " (text_max_start_epoch is unset: the text side's range ends where the image side's does)"))
+
+    @property
+    def text_start_range(self) -> tuple[int, int] | None:
+        """The text side's own start range [low, high), or None: the text side starts where the
+        image side does (synchronous matching)."""
+        if self.text_min_start_epoch is None and self.text_max_start_epoch is None:
+            return None
+        low = self.min_start_epoch if self.text_min_start_epoch is None else self.text_min_start_epoch
+        high = self.max_start_epoch if self.text_max_start_epoch is None else self.text_max_start_epoch
+        return low, high
+
+    def start_ranges(self) -> list[tuple[int, int]]:
+        """Every start range [low, high) an iteration draws from: the image side's, and the
+        text side's own when it has one."""
+        text = self.text_start_range
+        return [(self.min_start_epoch, self.max_start_epoch)] + ([] if text is None else [text])
+
+    @property
+    def epochs_read(self) -> set[int]:
+        """The expert epochs an iteration can read: every start epoch and its target."""
+        return {e for low, high in self.start_ranges() for s in range(low, high) for e in (s, s + self.expert_epochs)}
 
     @property
     def last_epoch(self) -> int:
         """The latest expert epoch an iteration can read."""
-        return self.max_start_epoch - 1 + self.expert_epochs
+        return max(high for _, high in self.start_ranges()) - 1 + self.expert_epochs
+
+    @property
+    def last_epoch_reason(self) -> str:
+        """The parameters behind :attr:`last_epoch`, with their values (for error messages)."""
+        text = self.text_start_range
+        if text is not None and text[1] > self.max_start_epoch:
+            return f"text_max_start_epoch {text[1]} + expert_epochs {self.expert_epochs}"
+        return f"max_start_epoch {self.max_start_epoch} + expert_epochs {self.expert_epochs}"
 
 
 @dataclass
@@ -212,8 +266,7 @@ class ExpertSnapshots:
     def __init__(self, buffer: Trajectories, layout: ParamLayout, cfg: MatchingConfig,
                  device: torch.device, dtype: torch.dtype) -> None:
         self.buffer, self.layout, self.device, self.dtype = buffer, layout, device, dtype
-        epochs = {e for s in range(cfg.min_start_epoch, cfg.max_start_epoch) for e in (s, s + cfg.expert_epochs)}
-        nbytes = len(buffer) * len(epochs) * layout.numel * torch.finfo(dtype).bits // 8
+        nbytes = len(buffer) * len(cfg.epochs_read) * layout.numel * torch.finfo(dtype).bits // 8
         place = cfg.expert_snapshots
         if place == "auto":
             fits = device.type != "cuda" or nbytes <= torch.cuda.get_device_properties(device).total_memory // 4
@@ -244,8 +297,7 @@ class TrajectoryMatcher:
                  keep_at: Mapping[int, tuple[str, Path]] | None = None) -> None:
         if cfg.last_epoch + 1 > buffer.epochs:
             raise ValueError(
-                f"max_start_epoch {cfg.max_start_epoch} + expert_epochs {cfg.expert_epochs} exceeds the "
-                f"{buffer.epochs} recorded expert epochs (raise experts.epochs)"
+                f"{cfg.last_epoch_reason} exceeds the {buffer.epochs} recorded expert epochs (raise experts.epochs)"
             )
         self.student = student.to(device).train()
         self.buffer = buffer
@@ -274,13 +326,34 @@ class TrajectoryMatcher:
         seeds = tuple(int(s) for s in rng.integers(2**62, size=self.cfg.syn_steps))
         return expert, start_epoch, StepPlan(batches, seeds)
 
+    def text_start_epoch(self, seed: int, it: int, image_epoch: int) -> int:
+        """Iteration ``it``'s start epoch of the text side: the image side's ``image_epoch``
+        unless the config gives the text side its own range; then it is drawn from that range by
+        a generator of its own, seeded with (seed, it, 1), so that every draw of :meth:`plan`
+        (expert, image start epoch, batches, step seeds) is the synchronous run's."""
+        text = self.cfg.text_start_range
+        if text is None:
+            return image_epoch
+        return int(np.random.default_rng([seed, it, 1]).integers(*text))
+
+    def endpoints(self, expert: int, image_epoch: int, text_epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The flat start and target of a student: each side's parameters from ``expert`` at
+        that side's start epoch and ``expert_epochs`` later. The matching distance normalises
+        each side by its own expert displacement, so nothing else changes with two epochs."""
+        e = self.cfg.expert_epochs
+        start, target = self.snapshots.get(expert, image_epoch), self.snapshots.get(expert, image_epoch + e)
+        if text_epoch == image_epoch:
+            return start, target
+        image, text = self.layout.side("image"), self.layout.side("text")
+        text_start, text_target = self.snapshots.get(expert, text_epoch), self.snapshots.get(expert, text_epoch + e)
+        return torch.cat([start[image], text_start[text]]), torch.cat([target[image], text_target[text]])
+
     def meta_gradients(self, tensors: Mapping[str, torch.Tensor], seed: int, it: int
                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The matching loss of iteration ``it`` and its gradient with respect to every tensor of
         ``tensors`` that requires grad (``images``, ``texts``, ``lrs`` and any a method adds)."""
         expert, start_epoch, plan = self.plan(tensors["images"].shape[0], seed, it)
-        start = self.snapshots.get(expert, start_epoch)
-        target = self.snapshots.get(expert, start_epoch + self.cfg.expert_epochs)
+        start, target = self.endpoints(expert, start_epoch, self.text_start_epoch(seed, it, start_epoch))
         fork = [self.device.index or 0] if self.device.type == "cuda" else []
         images = tensors["images"]
         if self.steps.from_features:  # the frozen tower once per iteration, not once per step
@@ -401,4 +474,17 @@ def _checkpoint_problem(blob: Any) -> str | None:
 
 
 def run_key(*parts: Any) -> str:
-    return stable_hash([str(p) for p in parts])
+    """The hash of a run's identity: each part's ``str``; for a dataclass, also each field kept
+    out of its repr whose value is not the default (such fields were added after keys were in
+    use: a run that leaves them unset keeps the key it had before they existed)."""
+    return stable_hash([_key_text(p) for p in parts])
+
+
+def _key_text(part: Any) -> str:
+    text = str(part)
+    if is_dataclass(part) and not isinstance(part, type):
+        extra = [f"{f.name}={getattr(part, f.name)!r}" for f in fields(part)
+                 if not f.repr and getattr(part, f.name) != f.default]
+        if extra:
+            text += " + " + ", ".join(extra)
+    return text

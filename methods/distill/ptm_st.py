@@ -85,6 +85,9 @@ class PtmStConfig(LorsConfig):
                                  f"{hi - 1 + self.expert_epochs} (phase_max_start - 1 + expert_epochs)")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.text_start_range is not None:
+            raise ValueError("text_min_start_epoch / text_max_start_epoch are not supported by ptm-st (each phase has "
+                             "one start window, phase_min_start .. phase_max_start, for both sides)")
         if self.snapshots:
             raise ValueError("ptm-st keeps no snapshots (a chain of phases stopped early is no shorter run's result)")
 
