@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from bench.data.pairs import PairSet, normalize_images
+from bench.models.feature_memo import kept_features
 from bench.models.heads import build_head
 from bench.models.image_encoders import ImageEncoderConfig, build_image_encoder
 
@@ -127,10 +128,17 @@ def build_student(cfg: ModelConfig, resolution: int, text_dim: int, seed: int) -
 @torch.no_grad()
 def tower_features(student: Student, images: torch.Tensor, device: torch.device, batch_size: int = 512) -> torch.Tensor:
     """The image tower's features of ``images`` (model input, or uint8 pixels), in chunks, on
-    ``device``: what a trainer computes once for a frozen tower instead of at every step."""
-    chunks = [student.image_features(normalize_images(images[i:i + batch_size].to(device)))
-              for i in range(0, images.shape[0], batch_size)]
-    return torch.cat(chunks)
+    ``device``: what a trainer computes once for a frozen tower instead of at every step. A
+    large image set's features are kept by the process (:mod:`bench.models.feature_memo`):
+    shared between callers, read-only."""
+
+    def compute() -> torch.Tensor:
+        return torch.cat([student.image_features(normalize_images(images[i:i + batch_size].to(device)))
+                          for i in range(0, images.shape[0], batch_size)])
+
+    if not student.frozen_tower:
+        return compute()
+    return kept_features(student.image_encoder, images, device, batch_size, compute)
 
 
 def functional_embed(
