@@ -1,5 +1,6 @@
 """configs/embedded_flickr.yaml: the paper's regime on a CPU (Flickr30K's shape, 145,000 pairs),
-with embedded_full's recipes, and the pieces of docs/regime.md that split it over sessions."""
+every method tuned on its val split around embedded_full's recipes, and the pieces of
+docs/regime.md that split it over sessions."""
 
 from __future__ import annotations
 
@@ -39,9 +40,17 @@ def test_flickr_shape_every_method_and_budget(grid: GridConfig) -> None:
     assert {m.name for m in grid.methods} == builtin
 
 
+def test_every_method_is_tuned_on_val_with_the_same_trials(grid: GridConfig) -> None:
+    """The recipes are chosen on this set's val split: every entry searches its declared space,
+    with one number of trials for all, and the audit measures what choosing on val lost."""
+    assert grid.tuning is not None and grid.tuning.trials >= 2 and grid.tuning.audit
+    assert all(m.search == "default" for m in grid.methods)
+
+
 def test_recipes_are_embedded_full_ones(grid: GridConfig) -> None:
-    """Until tuned on this set's val split, every cell runs embedded_full's parameters, student
-    and recipes: only the dataset (and where results go) differ."""
+    """Tuning aside (the entries' parameters are each method's first trial), every cell runs
+    embedded_full's parameters, student and recipes: only the dataset (and where results go)
+    differ."""
     full = load_grid(REPO / "configs" / "embedded_full.yaml")
     assert (grid.model, grid.evaluation, grid.proxy, grid.experts) == (full.model, full.evaluation, full.proxy,
                                                                        full.experts)
