@@ -278,6 +278,22 @@ def test_dry_run_lists_cells_cached_or_to_compute_and_computes_nothing(tmp_path,
                      capsys.readouterr().out, re.M)
 
 
+def test_dry_run_of_a_tuned_grid_says_the_trials_come_first(tmp_path, capsys):
+    methods = [{"name": "kcenter"}, {"name": "facility-location", "search": "default"},
+               {"name": "el2n", "search": {"keep": ["lowest", "highest"]}}]
+    config = _config(tmp_path, methods)
+    data = yaml.safe_load(config.read_text())
+    data["tuning"] = {"trials": 3}
+    config.write_text(yaml.safe_dump(data))
+    assert main(["run", "--config", str(config), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^  tuning first: 2 \(dataset, method, budget\) group\(s\) x 3 trial\(s\) on val ", out, re.M)
+    assert str(tmp_path / "results" / "tuning") in out
+    assert main(["run", "--config", str(config), "--dry-run", "--set", "tuning=null"]) == 0
+    assert "tuning first" not in capsys.readouterr().out
+    assert not (tmp_path / "results").exists()
+
+
 def _grid_of(config: Path, methods: list):
     from bench.grid.spec import load_grid
 

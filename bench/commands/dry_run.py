@@ -20,6 +20,7 @@ from bench.commands.cache import dataset_refs
 from bench.distill.experts import expert_dir, expert_file_problem, expert_key, expert_path
 from bench.grid.spec import Cell, GridConfig, plan_cells, resolve_cell
 from bench.grid.store import ResultStore
+from bench.grid.tuning import TUNING_DIR, tuning_groups
 from bench.protocol.proxy import proxy_key, proxy_path
 
 
@@ -29,6 +30,7 @@ class DryRun:
 
     cells: list[tuple[Cell, str]] = field(default_factory=list)  # (cell, "cached" | "to compute (...)")
     needs: dict[str, list[str]] = field(default_factory=dict)  # dataset -> lines
+    tuning: str | None = None  # what phase 1 of a tuned grid runs before these cells
 
     @property
     def to_compute(self) -> list[Cell]:
@@ -38,6 +40,8 @@ class DryRun:
         cached = len(self.cells) - len(self.to_compute)
         out = [f"dry run of grid {grid_name}: {len(self.cells)} cells, {cached} cached, "
                f"{len(self.to_compute)} to compute; nothing was computed or written"]
+        if self.tuning:
+            out.append(f"  {self.tuning}")
         for dataset, needs in self.needs.items():
             out += [f"  {dataset}: {line}" for line in needs]
         width = max((len(state.split(" (")[0]) for _, state in self.cells), default=0)
@@ -96,4 +100,18 @@ def dry_run(grid: GridConfig) -> DryRun:
                         for s in seeds)
             needs.append(_count(there, len(seeds), "proxy runs", "train"))
         plan.needs[cfg.name] = needs
+    plan.tuning = _tuning_line(grid)
     return plan
+
+
+def _tuning_line(grid: GridConfig) -> str | None:
+    """A tuned grid first runs its trials on val; the test cells' values are chosen then, so
+    the states listed are those of the entries' recipes (the first trial of each)."""
+    if grid.tuning is None:
+        return None
+    groups = tuning_groups(grid)
+    if not groups:
+        return None
+    return (f"tuning first: {len(groups)} (dataset, method, budget) group(s) x {grid.tuning.trials} trial(s) on val "
+            f"(records under {Path(grid.results_dir) / TUNING_DIR}; finished trials are skipped); the cells below "
+            "are listed with their recipes' values, the run's own carry the values chosen on val")
