@@ -443,7 +443,7 @@ def file_digest(path: str | os.PathLike[str]) -> tuple[int, str]:
     return size, h.hexdigest()
 
 
-def bytes_hash(*chunks: bytes, length: int = 16) -> str:
+def bytes_hash(*chunks: bytes | memoryview, length: int = 16) -> str:
     h = hashlib.sha256()
     for chunk in chunks:
         h.update(len(chunk).to_bytes(8, "little"))
