@@ -7,7 +7,11 @@ trajectories, the proxy run, each coreset's selection at one budget, one distill
 (its method) and one evaluation (the grid's evaluation of that cell's set, every evaluation seed,
 with the grid's curves). Experts and proxy are read from ``cache_dir`` when they are there:
 point ``--cache-dir`` at an empty directory to measure the one-time setup (and then let the
-grid use that directory, so the work is not done twice).
+grid use that directory, so the work is not done twice). Caption encoding runs with every torch
+thread, as in the grid's driver; every later stage with the grid's ``runner.cpus_per_task``, as
+in a grid worker, so what it leaves in ``cache_dir`` is bit for bit what the grid would train.
+The stages run one after another in one process: on a machine with S task slots the grid runs
+S experts (and the proxy) at once.
 
 Memory: the process's resident set, sampled every 20 ms during the stage (bench.core.measure),
 given as the stage's peak and its growth over the resident set at its start, and the process's
@@ -122,6 +126,12 @@ def main(argv: list[str] | None = None) -> int:
         record(f"captions {split}", cost, captions=int(text_emb[split].shape[0]))
     del encoder
     data = PreparedDataset(dataset, text_emb, identity)
+    # From here on the grid's workers' thread count (runner.cpus_per_task): a trainer's result
+    # depends on it in its last bits, and the experts and proxy left in cache_dir must be the
+    # ones the grid itself would train. Caption vectors do not depend on it (the driver encodes
+    # them with every thread).
+    torch.set_num_threads(grid.runner.cpus_per_task)
+    print(f"torch threads from here on: {torch.get_num_threads()} (runner.cpus_per_task, as a grid worker)", flush=True)
 
     if "tower" in stages:
         student = build_student(grid.model, cfg.resolution, data.text_dim, 0)

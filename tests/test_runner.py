@@ -166,3 +166,24 @@ def test_stale_temp_files_are_removed_and_finished_files_kept(tmp_path):
     assert remove_stale_temp_files(tmp_path, older_than_s=3600) == []  # too recent for the cache rule
     assert remove_stale_temp_files(tmp_path) == [left]
     assert final.read_text() == "{}" and not left.exists()
+
+
+def test_ray_plan_starts_the_proxy_before_the_experts_and_cells_after_both(tmp_path):
+    """Dispatch order of the one-time work (longest job first): the proxy, then the experts,
+    then cells; a cell waits for exactly the inputs its method uses."""
+    from bench.grid.executors.ray_dispatch import _plan_jobs
+
+    class Task:
+        def remote(self, *args):  # never called while planning
+            raise AssertionError("planning must not submit")
+
+    grid = tiny_grid(tmp_path, methods=["random", "herding", "distill-joint"], experts={"n_experts": 3, "epochs": 2},
+                     include_full=False)
+    jobs = _plan_jobs(grid, plan_cells(grid), [], {"cell": Task(), "proxy": Task(), "expert": Task()})
+    names, data = [j.name for j in jobs], grid.datasets[0].name
+    assert names[:4] == [f"proxy {data} seed 0"] + [f"expert {i} of {data}" for i in range(3)]
+    cells = {j.cell.method: j for j in jobs if j.cell is not None}
+    assert set(cells) == {"random", "herding", "distill-joint"} and len(jobs) == 7
+    assert [dep.name for dep in cells["herding"].deps] == [f"proxy {data} seed 0"]
+    assert [dep.name for dep in cells["distill-joint"].deps] == [f"expert {i} of {data}" for i in range(3)]
+    assert cells["random"].deps == []

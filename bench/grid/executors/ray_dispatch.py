@@ -28,7 +28,7 @@ from bench.grid.spec import Cell, GridConfig, RunnerConfig, cell_hash, resolve_c
 from bench.grid.store import ResultStore
 from bench.registry import load_plugins
 
-#: Start order of ready jobs: lower first (experts and proxies come before any cell).
+#: Start order of ready cells: lower first (proxies, then experts, come before any cell).
 _CELL_PRIORITY = {"distillation": 0, "reference": 1}
 
 
@@ -216,7 +216,13 @@ class _Job:
 
 
 def _plan_jobs(grid: GridConfig, todo: list[Cell], plugins: list[str], tasks: dict[str, Any]) -> list[_Job]:
-    """Every job of the run, in dispatch priority order, with its inputs."""
+    """Every job of the run, in dispatch priority order, with its inputs.
+
+    Proxies go before experts: a proxy is one long task (40 epochs over the pool, where an
+    expert is 5), and started last it ran alone after the experts while the other slots idled
+    or ran cells; started first it runs beside them (longest job first), which ends the
+    one-time work sooner. The order changes no result: each task's output depends on its
+    inputs and its thread count only."""
     grid_data, threads = to_dict(grid), grid.runner.cpus_per_task
     experts: dict[str, list[_Job]] = {}
     proxies: dict[tuple[str, int], _Job] = {}
@@ -242,7 +248,7 @@ def _plan_jobs(grid: GridConfig, todo: list[Cell], plugins: list[str], tasks: di
             deps.append(proxies[key])
         cells.append(_Job(cell.id, lambda c=cell: tasks["cell"].remote(grid_data, c.__dict__, plugins, threads),
                           deps, cell))
-    return [j for group in experts.values() for j in group] + list(proxies.values()) + cells
+    return list(proxies.values()) + [j for group in experts.values() for j in group] + cells
 
 
 def run_ray(grid: GridConfig, todo: list[Cell], reporter: Reporter, plugins: list[str]) -> None:
