@@ -373,6 +373,7 @@ def test_cached_pixels_give_the_generated_dataset(small: Dataset, tmp_path, monk
     assert pixels.stat().st_size == sum(small.split(s).images.numel() for s in emb.SPLITS)
     monkeypatch.setattr(emb, "_render_scenes", lambda *a, **k: pytest.fail("rendered again"))
     monkeypatch.setattr(embedded_cache, "generate_embedded", lambda *a, **k: pytest.fail("generated again"))
+    monkeypatch.setattr(embedded_cache, "embedded_captions", lambda *a, **k: pytest.fail("captions drawn again"))
     second = embedded_cache.load_embedded(SMALL, tmp_path)
     for data in (first, second):
         assert data.name == small.name and data.content_key == small.content_key
@@ -392,3 +393,57 @@ def test_pixel_cache_is_per_spec_and_repairs_itself(small: Dataset, tmp_path) ->
     with pytest.warns(UserWarning, match="image cache"):
         again = load_embedded(SMALL, tmp_path)
     assert_same_split(again.train, small.train)
+
+
+def test_an_entry_without_captions_gets_them_drawn_once_and_stored(small: Dataset, tmp_path, monkeypatch) -> None:
+    """An entry written before captions were stored: the next load draws them (equal to the
+    generator's) and adds them to its description, so the load after draws nothing; captions of
+    the wrong count are reported and replaced. ``cached_captions`` reads them without drawing."""
+    import json
+
+    from bench.data import embedded_cache
+
+    embedded_cache.load_embedded(SMALL, tmp_path)
+    (meta,) = (tmp_path / "images").glob("embedded-32px-*.json")
+    described = json.loads(meta.read_text())
+    assert [len(described["captions"][s]) for s in emb.SPLITS] == [small.split(s).n_captions for s in emb.SPLITS]
+    del described["captions"]
+    meta.write_text(json.dumps(described))  # the layout of an older entry
+
+    drawn = []
+    real = embedded_cache.embedded_captions
+    monkeypatch.setattr(embedded_cache, "embedded_captions", lambda *a: drawn.append(a[1]) or real(*a))
+    assert embedded_cache.cached_captions(SMALL, tmp_path) == {s: small.split(s).captions for s in emb.SPLITS}
+    assert drawn == list(emb.SPLITS) and "captions" not in json.loads(meta.read_text())  # a listing writes nothing
+    drawn.clear()
+    again = embedded_cache.load_embedded(SMALL, tmp_path)
+    assert drawn == list(emb.SPLITS)
+    for name in emb.SPLITS:
+        assert_same_split(again.split(name), small.split(name))
+    drawn.clear()
+    assert embedded_cache.cached_captions(SMALL, tmp_path)["train"] == small.train.captions
+    embedded_cache.load_embedded(SMALL, tmp_path)
+    assert drawn == []
+
+    described = json.loads(meta.read_text())
+    described["captions"]["val"] = described["captions"]["val"][:-1]
+    meta.write_text(json.dumps(described))
+    with pytest.warns(UserWarning, match="wrong count"):
+        repaired = embedded_cache.load_embedded(SMALL, tmp_path)
+    assert repaired.val.captions == small.val.captions
+    assert tuple(json.loads(meta.read_text())["captions"]["val"]) == small.val.captions
+
+
+def test_captions_that_are_not_strings_make_the_entry_unusable(tmp_path) -> None:
+    import json
+
+    from bench.data.embedded_cache import load_embedded
+
+    load_embedded(SMALL, tmp_path)
+    (meta,) = (tmp_path / "images").glob("embedded-32px-*.json")
+    described = json.loads(meta.read_text())
+    described["captions"]["test"][0] = 7
+    meta.write_text(json.dumps(described))
+    with pytest.warns(UserWarning, match=r"image cache .*captions"):
+        load_embedded(SMALL, tmp_path)
+    assert isinstance(json.loads(meta.read_text())["captions"]["test"][0], str)  # rebuilt

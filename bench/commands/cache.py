@@ -29,7 +29,8 @@ from typing import Any, NamedTuple
 
 from bench.core.io import SHARED_TEMP_MAX_AGE_S, TEMP_GLOB, UnusableDirectoryError, remove_stale_temp_files
 from bench.data.datasets import DatasetConfig, dataset_key
-from bench.data.embedded import SPLITS, embedded_captions, embedded_content_key
+from bench.data.embedded import embedded_content_key
+from bench.data.embedded_cache import cached_captions
 from bench.data.image_cache import entry_paths
 from bench.data.karpathy import check_karpathy
 from bench.data.text_encoder import caption_cache_path, model_identity
@@ -74,7 +75,7 @@ def dataset_refs(grid: GridConfig, cfg: DatasetConfig) -> tuple[_Identity, set[P
         content = checked.key
         refs.update(entry_paths(cache, cfg.name, cfg.resolution, content))
     else:
-        captions = {split: embedded_captions(cfg.embedded, split) for split in SPLITS}
+        captions = cached_captions(cfg.embedded, cache)
         content = embedded_content_key(cfg.embedded)
         refs.update(entry_paths(cache, cfg.name, cfg.resolution, content))  # the rendered pixels
     encoder = model_identity(cfg.text_encoder)

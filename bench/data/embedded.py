@@ -742,7 +742,8 @@ def _scenes_and_captions(
 
 
 def embedded_captions(spec: EmbeddedSpec, split: str) -> tuple[str, ...]:
-    """The captions of one split, without rendering a pixel (what the cache listing needs)."""
+    """The captions of one split, without rendering a pixel (what a cache entry written before
+    captions were stored, and a listing of a cache without an entry, need)."""
     return tuple(_scenes_and_captions(spec, split)[1])
 
 
