@@ -168,5 +168,6 @@ class TrajectoryMatching(Method):
             info={"matching_loss": state.losses, "init_indices": init.tolist(), "iterations": state.iteration,
                   "learned_lrs": learned_lrs, "expert_buffer_bytes": buffer.size_bytes(),
                   "matching_seconds": round(state.seconds, 3), "resumes": state.resumes,
+                  "matching_seconds_earlier": round(state.earlier_seconds, 3),
                   "text_drift": text_drift(state.tensors["texts"], real_texts, init)},
         )

@@ -432,6 +432,7 @@ def test_resumed_run_repeats_the_uninterrupted_one(env, tmp_path, monkeypatch):
     # The record says it resumed, and the time covers both runs, not only the second.
     assert resumed.resumes == 1
     assert resumed.seconds > first.seconds > 0
+    assert full.earlier_seconds == 0 and resumed.earlier_seconds == first.seconds  # what the first run paid
 
     # A checkpoint made under another key is ignored: the run starts from iteration 0.
     other = _matcher(env, cfg, checkpoint=path).run(learned, seed=3, key="another key", stop_after=1)

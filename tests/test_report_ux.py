@@ -112,6 +112,23 @@ def test_console_norm_is_the_tables_norm_and_one_run_shows_n_1() -> None:
     assert lors[col["method s"]] == "2.0" and lors[col["eval s"]] == "5"
 
 
+def test_method_seconds_count_the_matching_a_reused_checkpoint_had_cost() -> None:
+    """A test cell that reused its trial's finished checkpoint spent 2 s itself; its set cost
+    that plus the trial's 300 s of matching. Seeds that distilled afresh count their own time.
+    A record from before ``matching_seconds_earlier`` counts at least its matching time."""
+    reused = _record("lors", 100, 7.0, method_seed=0,
+                     method_info={"matching_seconds": 300.5, "matching_seconds_earlier": 300.0, "resumes": 1})
+    fresh = _record("lors", 100, 7.0, method_seed=1, method_cost={"seconds": 310.0},
+                    method_info={"matching_seconds": 305.0, "matching_seconds_earlier": 0.0, "resumes": 0})
+    older = _record("lors", 100, 7.0, method_seed=2, method_info={"matching_seconds": 290.0, "resumes": 1})
+    assert reused.method_cost["seconds"] == 2.0
+    assert (reused.set_seconds(), fresh.set_seconds(), older.set_seconds()) == (302.0, 310.0, 290.0)
+    assert _record("random", 100, 1.0).set_seconds() == 2.0  # a coreset: its own time
+    rows = _console_rows([_record("full", None, 30.0), _record("random", 100, 1.0), reused, fresh, older])
+    lors = next(r for r in rows if r[1] == "lors")
+    assert lors[-2] == f"{(302.0 + 310.0 + 290.0) / 3:.1f}"
+
+
 def test_console_title_says_n_1_when_every_cell_has_one_run() -> None:
     out = io.StringIO()
     print_records([_record("full", None, 30.0, seeds=1), _record("random", 100, 1.0, seeds=1),

@@ -131,6 +131,21 @@ def test_the_smaller_iterations_are_read_from_the_larger_runs_snapshot(first_run
     assert record.method_info["resumes"] >= 1 and record.method_info["iterations"] == 2
 
 
+def test_a_test_cell_that_reuses_its_trials_checkpoint_counts_what_its_set_cost(first_run):
+    """The test cell at seed 0 runs the chosen trial's recipe on the same training pairs, so it
+    continues the trial's finished checkpoint and spends about nothing itself; the cost it
+    reports for its set includes the trial's matching."""
+    tmp, _, result, run, _, _ = first_run
+    from bench.grid.store import ResultStore
+
+    joint = next(g for g in result.groups if g.spec.key == "distill-joint")
+    trial = ResultStore(tmp / "results" / "tuning").read_record(f"embedded__{joint.chosen.label}__b10__s0")
+    record = run.store.read_record(next(c for c in run.cells if c.method == "distill-joint"))
+    assert record.method_info["resumes"] == trial.method_info["resumes"] + 1
+    assert record.method_info["matching_seconds_earlier"] == trial.method_info["matching_seconds"] > 0
+    assert record.set_seconds() == pytest.approx(record.method_cost["seconds"] + trial.method_info["matching_seconds"])
+
+
 def test_the_same_seed_gives_the_same_trials_and_choice_and_the_audit_changes_nothing(first_run, tmp_path):
     tmp, grid, result, _, _, _ = first_run
     again = tune_grid(grid, progress=False, say=lambda _: None)  # cached trials: cheap

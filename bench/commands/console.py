@@ -24,7 +24,8 @@ from bench.reports.tables import MIN_NORM_GAP
 BEST = "*"
 BEST_NOTE = (f"{BEST} best mean recall at its budget (full, the whole training set, is excluded); "
              "n = evaluation runs pooled per cell (evaluation seeds x method seeds); "
-             "norm = (method - random) / (full - random)")
+             "norm = (method - random) / (full - random); method s = seconds to produce the set, the matching "
+             "time of a reused or continued checkpoint included (mean over method seeds)")
 
 NO_NORM = (f"norm –: no random row at that budget or no full row, or full less than {MIN_NORM_GAP} points "
            "above random")

@@ -247,6 +247,9 @@ class MatchingState:
     optimizer: dict[str, Any]
     seconds: float = 0.0  # matching wall time, summed over every run that contributed
     resumes: int = 0  # how many times the run continued from a checkpoint
+    #: ``seconds`` as the checkpoint this run continued held (0 for a fresh run): the matching
+    #: already paid for, so a cell that reuses a finished checkpoint can say what its set cost.
+    earlier_seconds: float = 0.0
 
 
 class Trajectories(Protocol):
@@ -433,6 +436,7 @@ class TrajectoryMatcher:
             state = MatchingState({k: v.value.detach().clone() for k, v in learned.items()}, 0, [], {})
         else:
             state.resumes += 1
+            state.earlier_seconds = state.seconds
         tensors = self.tensors(learned, state.tensors)
         opt = self.optimizer(tensors, learned)
         if state.optimizer:

@@ -194,6 +194,20 @@ class CellRecord(_Stored):
             out[(entry["student"], entry["protocol"])] = entry["per_seed"]
         return out
 
+    def set_seconds(self) -> float | None:
+        """What producing the set cost: this run's method time plus the matching time of the
+        earlier runs whose checkpoint it continued or reused. A test cell that reuses its
+        tuning trial's finished checkpoint spends about a second itself, and its
+        ``method_cost`` says so; this says what its set took. Records written before
+        ``matching_seconds_earlier`` existed count at least their whole matching time."""
+        own = self.method_cost.get("seconds")
+        if own is None:
+            return None
+        earlier = self.method_info.get("matching_seconds_earlier")
+        if earlier is not None:
+            return float(own) + float(earlier)
+        return max(float(own), float(self.method_info.get("matching_seconds") or 0.0))
+
     def metric_summary(self, metric: str) -> tuple[float, float]:
         """(mean, std) of ``metric`` over the evaluation seeds."""
         entry = self.summary.get(metric)

@@ -43,7 +43,9 @@ class SummaryRow:
 
 
 def _mean_seconds(records: Sequence[CellRecord], attr: str) -> float | None:
-    values = [getattr(r, attr).get("seconds") for r in records]
+    """The mean over the cell's method seeds of its evaluation seconds (``eval_cost``) or of
+    what its set cost to produce (``method_cost``: :meth:`CellRecord.set_seconds`)."""
+    values = [r.set_seconds() if attr == "method_cost" else getattr(r, attr).get("seconds") for r in records]
     values = [float(v) for v in values if v is not None]
     return float(np.mean(values)) if values else None
 
