@@ -83,3 +83,27 @@ def test_pieces_are_the_whole_grid(grid: GridConfig) -> None:
         covered.update(piece)
     left = set(whole) - set(covered)
     assert left == {c.id for c in plan_cells(grid) if c.budget == 1000}
+
+
+def test_the_real_data_command_is_this_grid_on_karpathy_files(grid: GridConfig) -> None:
+    """docs/regime.md's real-data command loads: the same student, recipes, search, trials and
+    budgets, on a Karpathy dataset named flickr30k (the published numbers' key) at the
+    generator's resolution; the recipes command it shows exists."""
+    from bench.commands.cli import build_parser
+
+    text = (REPO / "docs" / "regime.md").read_text(encoding="utf-8")
+    block = re.search(r"<!-- real-data -->\n```bash\n(.*?)```", text, re.S)
+    assert block, "docs/regime.md has no real-data block"
+    lines = [shlex.split(line) for line in block.group(1).replace("\\\n", " ").splitlines()
+             if line.startswith("python run_bench.py")]
+    tuned = lines[0][len(shlex.split(COMMAND)):]
+    assert tuned[::2] == ["--set"] * (len(tuned) // 2)
+    real = load_grid(CONFIG, tuned[1::2])
+    (data,) = real.datasets
+    assert data.source == "karpathy" and data.name == "flickr30k"
+    assert data.karpathy.resolution == grid.datasets[0].embedded.resolution
+    assert (real.model, real.evaluation, real.proxy, real.experts, real.tuning, real.budgets, real.methods) == (
+        grid.model, grid.evaluation, grid.proxy, grid.experts, grid.tuning, grid.budgets, grid.methods)
+    recipes = build_parser().parse_args(lines[1][2:])
+    assert recipes.command == "recipes" and recipes.output == "embedded_flickr_recipes.yaml"
+    assert lines[2][2:4] == ["--config", "embedded_flickr_recipes.yaml"] and lines[2][7:] == lines[0][7:]  # the same dataset

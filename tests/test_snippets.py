@@ -263,8 +263,10 @@ def _normalised(argv: list[str]) -> list[str]:
     return argv
 
 
-def check_run_bench(argv: list[str], where: str) -> None:
-    """Parse ``python run_bench.py ARGV`` and validate what it would run, before any compute."""
+def check_run_bench(argv: list[str], where: str, written: set[str] | None = None) -> None:
+    """Parse ``python run_bench.py ARGV`` and validate what it would run, before any compute.
+    A config in ``written`` is one an earlier line of the block writes (``recipes --output``):
+    it cannot be read before it exists, so its command is only parsed."""
     from bench.commands import cli
     from bench.registry import load_plugins
 
@@ -274,6 +276,8 @@ def check_run_bench(argv: list[str], where: str) -> None:
     except SystemExit as exc:
         raise AssertionError(f"{where}: `run_bench.py {shlex.join(argv)}` does not parse (exit {exc.code})") from None
     config = getattr(args, "config", None)
+    if config is not None and config in (written or set()):
+        return
     if config is not None:
         assert (REPO / config).is_file(), f"{where}: config {config} does not exist"
     for plugin in getattr(args, "plugin", []):
@@ -321,10 +325,13 @@ def check_bash(snippet: Snippet) -> None:
     marker = snippet.marker or ""
     if marker.startswith("not-run"):
         assert marker.partition(":")[2].strip(), f"{snippet}: `not-run` needs a reason (`not-run: why`)"
+    written: set[str] = set()  # configs an earlier line writes
     for words in shell_commands(snippet.text):
         where = f"{snippet} `{shlex.join(words)}`"
         if words[:2] == ["python", "run_bench.py"]:
-            check_run_bench(words[2:], where)
+            check_run_bench(words[2:], where, written)
+            if words[2:3] == ["recipes"] and "--output" in words:
+                written.add(words[words.index("--output") + 1])
         elif words[0] == "python" and len(words) > 1 and words[1].startswith("benchmarks/"):
             check_benchmark(words[1], words[2:], where)
         elif not marker.startswith("not-run") and marker not in ("main-command", "test-command"):
@@ -357,6 +364,14 @@ def test_checker_rejects_a_broken_bash_line(text, match, plugin_registry, monkey
     monkeypatch.chdir(REPO)
     with pytest.raises(AssertionError, match=match):
         check_bash(Snippet("x.md", 1, "bash", text))
+
+
+def test_checker_accepts_a_config_an_earlier_line_writes_and_no_other(plugin_registry, monkeypatch):
+    monkeypatch.chdir(REPO)
+    text = "python run_bench.py recipes results/x --output r.yaml\npython run_bench.py --config r.yaml\n"
+    check_bash(Snippet("x.md", 1, "bash", text))
+    with pytest.raises(AssertionError, match="config r.yaml does not exist"):
+        check_bash(Snippet("x.md", 1, "bash", "python run_bench.py --config r.yaml\n"))
 
 
 def test_checker_validates_overrides_of_a_command(plugin_registry, monkeypatch):

@@ -271,3 +271,53 @@ def test_a_val_grid_with_curves_reports_without_a_selection_table(tmp_path):
     tables = tmp_path / "results" / "tables"
     assert (tables / "embedded.md").is_file() and not (tables / "embedded_selection.md").exists()
     assert to_dict(grid)["evaluation"]["split"] == "val"
+
+
+# ------------------------------------------------------------------------ recipes of a results dir
+
+def test_the_recipes_config_runs_the_chosen_values_and_its_cells_are_the_records(first_run, tmp_path, capsys):
+    """``run_bench.py recipes``: the tuned run's records as one config without tuning; each
+    budget's override holds what val chose; on the same data every cell is already finished."""
+    import yaml
+
+    from bench.commands.cli import main
+    from bench.grid.runner import GridRun
+    from bench.reports.records import load_records
+
+    tmp, _, result, run, _, _ = first_run
+    out = tmp_path / "recipes.yaml"
+    assert main(["recipes", str(run.store.root), "--output", str(out)]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    config = yaml.safe_load(out.read_text())
+    assert "tuning" not in config and config["budgets"] == [10]
+    joint = next(g for g in result.groups if g.spec.key == "distill-joint")
+    entry = next(m for m in config["methods"] if m["name"] == "distill-joint")
+    base = to_dict(from_dict(get_method("distill-joint").Params, entry["params"]))  # defaults filled in
+    chosen = {k: v for k, v in joint.chosen.values.items() if base[k] != v}
+    assert chosen  # the space is such that this run's choice differs from the recipe
+    assert entry.get("budget_params", {}).get(10, {}) == chosen
+    grid = load_grid(str(out))
+    records = load_records(run.store.root)
+    again = GridRun(grid, progress=False).run()
+    assert not again.done and len(again.skipped) == len(records) == len(run.cells)
+
+
+def test_the_recipes_config_refuses_records_it_cannot_describe(first_run):
+    from bench.grid.recipes import RecipesError, recipes_config
+    from bench.reports.records import load_records
+
+    _, _, _, run, _, _ = first_run
+    records = load_records(run.store.root)
+    with pytest.raises(RecipesError, match="no finished record of dataset 'other'"):
+        recipes_config(records, "other")
+    model = {**records[0].config, "model": {**records[0].config["model"], "embed_dim": 7}}
+    changed = dataclasses.replace(records[0], config=model, finished_at="9999")
+    with pytest.raises(RecipesError, match=r"different model"):
+        recipes_config([*records, changed], "embedded")
+    twin = next(r for r in records if r.method == "distill-joint")
+    other = dataclasses.replace(twin, method_params={**twin.method_params, "lr_img": 12345.0}, path="twin.json")
+    with pytest.raises(RecipesError, match=r"twin.json: distill-joint ran with two parameter sets at 10 pairs"):
+        recipes_config([*records, other], "embedded")
+    stale = dataclasses.replace(twin, cell_hash="0" * 16, path="stale.json")
+    with pytest.raises(RecipesError, match="does not reproduce the hash of stale.json"):
+        recipes_config([r for r in records if r is not twin] + [stale], "embedded")

@@ -8,6 +8,7 @@
   python run_bench.py protocols [--wide]
   python run_bench.py cache [--config FILE] [--set ...] [--prune]
   python run_bench.py export RESULTS_DIR OUT
+  python run_bench.py recipes RESULTS_DIR [--dataset NAME] [--output FILE]
 
 A problem the user can fix (a config value, a data file, a path, a plugin) is printed as one
 ``error: ...`` line on stderr with exit status 2; ``--debug`` shows its traceback as well.
@@ -256,6 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_export_arguments(sub.add_parser("export", parents=[common],
                                         help="write every finished cell's set as a bundle (safetensors + JSON card)"))
+
+    from bench.commands.recipes import add_recipes_arguments
+
+    add_recipes_arguments(sub.add_parser("recipes", parents=[common],
+                                         help="write the config that runs a results directory's recipes again"))
 
     from bench.commands.tune import add_tune_arguments
 
