@@ -221,11 +221,18 @@ def test_cache_command_lists_and_prunes_what_the_grid_does_not_read(tmp_path, ca
     assert out.count("unreferenced images") == 1  # the grid's rendered embedded pixels are read
     assert "text" in out and "other (kept)" in out
 
-    # Another proxy recipe: the old proxy is no longer read; prune removes it and the legacy file.
+    assert "unreferenced sets" not in out  # the sets the cells keep are read (bench/grid/set_index.py)
+
+    # Another proxy recipe: the old proxy is no longer read, nor the set herding made from it;
+    # prune removes them and the legacy file, and keeps random's set (it reads no proxy).
+    (herding_set,) = (cache / "sets").glob("embedded-herding-*.pt")
+    (random_set,) = (cache / "sets").glob("embedded-random-*.pt")
     assert main(["cache", "--config", str(config), "--set", "proxy.epochs=2", "--prune"]) == 0
     out = capsys.readouterr().out
-    assert "unreferenced proxy" in out and "pruned 2 entries" in out
+    assert "unreferenced proxy" in out and "unreferenced sets" in out and "pruned 3 entries" in out
     assert not old_proxy.exists() and not legacy.exists() and unknown.exists()
+    assert not herding_set.exists() and not herding_set.with_suffix(".json").exists()
+    assert random_set.exists() and random_set.with_suffix(".json").exists()
     assert len(list((cache / "text").glob("*.pt"))) == 3  # the caption embeddings are still read
 
 

@@ -47,6 +47,51 @@ def test_local_grid_writes_records_sets_pictures_and_skips(tmp_path):
     assert len(GridRun(changed, progress=False).pending()) == 3
 
 
+def test_a_cell_evaluates_the_set_that_a_cell_of_the_same_inputs_made(tmp_path, monkeypatch):
+    """bench/grid/set_index.py: a grid whose evaluation changed evaluates its cells' sets again
+    and does not make them again (the sets are bitwise the first run's, although the results'
+    set files were moved to stale/ and rewritten; each record says where its set came from and
+    what it cost); a kept set changed on disk, or other method inputs, make the set anew; the
+    full row never reads the index."""
+    import torch
+
+    from bench.registry import get_method
+
+    def evaluation(seed: int) -> dict:
+        return {"seeds": [seed], "train": {"epochs": 2, "batch_size": 10}, "full_train": {"epochs": 1, "batch_size": 64}}
+
+    grid = tiny_grid(tmp_path)
+    GridRun(grid, progress=False).run()
+    root = Path(grid.results_dir)
+    first = _records(root)
+    sets = {c: torch.load(root / "sets" / f"{c}.pt", weights_only=False) for c in first if c != "embedded__full"}
+
+    for name in ("random", "herding"):  # neither may run again
+        monkeypatch.setattr(get_method(name), "run", lambda *a, **k: pytest.fail("made its set again"))
+    for seed in (1, 2):  # twice: the second reads the files the first rewrote
+        run = GridRun(tiny_grid(tmp_path, evaluation=evaluation(seed)), progress=False).run()
+        assert len(run.done) == 3 and not run.failed
+        again = _records(root)
+        for cell, saved in sets.items():
+            info, now = again[cell]["method_info"], torch.load(root / "sets" / f"{cell}.pt", weights_only=False)
+            assert info["set_of"] == cell and again[cell]["eval_seeds"] == [seed]
+            assert info["set_seconds_earlier"] == pytest.approx(first[cell]["method_cost"]["seconds"])
+            assert torch.equal(now["images"], saved["images"]) and torch.equal(now["text_emb"], saved["text_emb"])
+            assert torch.equal(now["source_indices"], saved["source_indices"])
+        assert "set_of" not in again["embedded__full"]["method_info"]
+    monkeypatch.undo()
+
+    (kept,) = (Path(grid.cache_dir) / "sets").glob("embedded-herding-*.pt")
+    kept.write_bytes(kept.read_bytes() + b"\0")  # no longer as written: made again
+    other_seed = tiny_grid(tmp_path, evaluation=evaluation(3), method_seeds=[1])  # other inputs: made anew
+    GridRun(tiny_grid(tmp_path, evaluation=evaluation(3)), progress=False).run()
+    GridRun(other_seed, progress=False).run()
+    final = _records(root)
+    assert "set_of" not in final["embedded__herding__b10__s0"]["method_info"]
+    assert final["embedded__random__b10__s0"]["method_info"]["set_of"] == "embedded__random__b10__s0"
+    assert "set_of" not in final["embedded__random__b10__s1"]["method_info"]
+
+
 @registry.register("test-flaky", "coreset", "fails on its first call in a process")
 class Flaky(Method):
     calls = 0

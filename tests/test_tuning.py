@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from bench.core.config import ConfigError, from_dict, to_dict
 from bench.data.types import Dataset
@@ -131,19 +132,26 @@ def test_the_smaller_iterations_are_read_from_the_larger_runs_snapshot(first_run
     assert record.method_info["resumes"] >= 1 and record.method_info["iterations"] == 2
 
 
-def test_a_test_cell_that_reuses_its_trials_checkpoint_counts_what_its_set_cost(first_run):
-    """The test cell at seed 0 runs the chosen trial's recipe on the same training pairs, so it
-    continues the trial's finished checkpoint and spends about nothing itself; the cost it
-    reports for its set includes the trial's matching."""
+def test_each_test_cell_scores_the_set_its_trial_was_chosen_by(first_run):
+    """The test cell of the chosen values makes no set: it evaluates the chosen trial's set
+    (bench/grid/set_index.py), bit for bit, says so, and counts what that set cost to make."""
     tmp, _, result, run, _, _ = first_run
     from bench.grid.store import ResultStore
 
-    joint = next(g for g in result.groups if g.spec.key == "distill-joint")
-    trial = ResultStore(tmp / "results" / "tuning").read_record(f"embedded__{joint.chosen.label}__b10__s0")
-    record = run.store.read_record(next(c for c in run.cells if c.method == "distill-joint"))
-    assert record.method_info["resumes"] == trial.method_info["resumes"] + 1
-    assert record.method_info["matching_seconds_earlier"] == trial.method_info["matching_seconds"] > 0
-    assert record.set_seconds() == pytest.approx(record.method_cost["seconds"] + trial.method_info["matching_seconds"])
+    trials = ResultStore(tmp / "results" / "tuning")
+    for group in result.groups:
+        trial_id = f"embedded__{group.chosen.label}__b10__s0"
+        trial = trials.read_record(trial_id)
+        cell = next(c for c in run.cells if c.method == group.spec.key)
+        record = run.store.read_record(cell)
+        assert record.method_info["set_of"] == trial_id, group.key
+        assert record.method_info["set_seconds_earlier"] == pytest.approx(trial.set_seconds())
+        assert record.set_seconds() == pytest.approx(record.method_cost["seconds"] + trial.set_seconds())
+        mine, theirs = run.store.load_set(cell), trials.load_set(trial_id)
+        for name in ("images", "text_emb", "image_index", "source_indices"):
+            a, b = mine[name], theirs[name]
+            assert (a is None and b is None) or torch.equal(a, b), (group.key, name)
+        assert mine["learned_lrs"] == theirs["learned_lrs"]
 
 
 def test_the_same_seed_gives_the_same_trials_and_choice_and_the_audit_changes_nothing(first_run, tmp_path):

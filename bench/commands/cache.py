@@ -6,6 +6,7 @@ Kinds of entries (see docs/architecture.md, "Caches"):
   proxy    proxy runs for coresets, ``proxy/<dataset>-<key>.pt``
   experts  expert trajectories, ``experts/<dataset>-<key>/expert_NNN.safetensors`` (an entry per file)
   distill  distillation checkpoints, ``distill/<dataset>-<method>-<key>.pt``
+  sets     sets kept for cells of the same inputs, ``sets/<dataset>-<method>-<key>.{pt,json}`` (bench/grid/set_index.py)
 
 An entry is *referenced* by a grid when running that grid would read it. Images, caption
 embeddings, proxies and experts are matched exactly, by recomputing their keys from the
@@ -13,7 +14,9 @@ config (without decoding an image or loading a model: only annotations, captions
 encoder's files and the recipes are read); of an expert directory the grid reads, the files
 beyond its ``n_experts`` are not read. A distillation checkpoint's key depends on choices
 made inside the method, so a checkpoint counts as referenced while the grid has an unfinished
-cell of its dataset and method (a finished cell never reads its checkpoint again). Anything
+cell of its dataset and method (a finished cell never reads its checkpoint again). A kept set
+is referenced when a cell the grid plans has its key (with the entries' own parameters: the
+sets of tuning trials the config's recipes did not pick are not, and go with ``--prune``). Anything
 else (older layouts, other grids' entries, temporary files of dead writers) is unreferenced and
 ``--prune`` removes it. A file is recognised by its name (each kind's pattern above, with a
 16-hex-digit key); any other file is listed as "other" and never removed.
@@ -35,12 +38,14 @@ from bench.data.image_cache import entry_paths
 from bench.data.karpathy import check_karpathy
 from bench.data.text_encoder import caption_cache_path, model_identity
 from bench.distill.experts import expert_dir, expert_key
+from bench.core.env import pick_device
+from bench.grid import set_index
 from bench.grid.spec import GridConfig, plan_cells, resolve_cell
 from bench.grid.store import ResultStore
 from bench.protocol.proxy import proxy_key, proxy_path
 from bench.registry import all_methods, get_method
 
-KINDS = ("images", "text", "proxy", "experts", "distill")
+KINDS = ("images", "text", "proxy", "experts", "distill", "sets")
 
 
 @dataclass(frozen=True)
@@ -101,8 +106,12 @@ def referenced(grid: GridConfig) -> tuple[set[Path], set[str]]:
             base = grid.evaluation.full_train
             paths |= {proxy_path(cache, data, proxy_key(data, grid.model, grid.proxy, base, seed))
                       for seed in grid.method_seeds}
+    device = pick_device(grid.device)
     for cell in plan_cells(grid):
         resolved = resolve_cell(grid, cell)
+        if resolved.method_cls.kind != "reference":  # the set a cell keeps for cells of its inputs
+            paths.update(set_index.entry_paths(cache, cell.dataset, resolved.method_cls.name,
+                                               set_index.set_key(resolved.set_hash, device)))
         if resolved.method_cls.uses_experts and not store.finished(cell, resolved.hash):
             prefixes.add(f"{cell.dataset}-{resolved.method_cls.name}-")
     return paths, prefixes
@@ -116,6 +125,7 @@ _NAMES = {
     "text": re.compile(rf"(?:(?P<rest>.+)-(?:train|val|test)-)?{_KEY}\.pt"),
     "proxy": re.compile(rf"(?P<rest>.+)-{_KEY}\.pt"),
     "distill": re.compile(rf"(?P<rest>.+)-{_KEY}\.pt"),
+    "sets": re.compile(rf"(?P<rest>.+)-{_KEY}\.(pt|json)"),
     "experts": re.compile(rf"(?P<rest>.+)-{_KEY}"),  # a directory of expert files
 }
 _EXPERT_FILE = re.compile(r"expert_(?P<index>\d{3,})\.safetensors")
@@ -138,7 +148,7 @@ def _named(kind: str, path: Path, known: list[str]) -> str | None:
     if match is None:
         return None
     rest = match.group("rest")
-    if kind == "distill":
+    if kind in ("distill", "sets"):
         return _distill_dataset(rest, known)
     return rest or "?"
 
@@ -158,6 +168,14 @@ def _scan(cache: Path, known: list[str]) -> Iterator[tuple[str, str, tuple[Path,
             files = (path,)
         seen.update(files)
         yield "images", dataset, files
+    sets = cache / "sets"
+    for path in sorted(sets.glob("*")) if sets.is_dir() else []:
+        dataset = _named("sets", path, known) if path.is_file() else None
+        if dataset is None or path in seen:
+            continue
+        files = tuple(p for p in (path.with_suffix(".json"), path.with_suffix(".pt")) if p.exists())
+        seen.update(files)
+        yield "sets", dataset, files
     for kind in ("text", "proxy", "distill"):
         for path in sorted((cache / kind).glob("*.pt")) if (cache / kind).is_dir() else []:
             dataset = _named(kind, path, known) if path.is_file() else None

@@ -24,6 +24,7 @@ from bench.core.measure import Cost, measure
 from bench.data.datasets import PreparedDataset, prepare_dataset
 from bench.data.pairs import saturation
 from bench.distill.experts import TrajectoryBuffer, ensure_experts, open_buffer
+from bench.grid import set_index
 from bench.grid.pictures import write_pictures
 from bench.grid.record import CellRecord, FailureRecord, timestamp
 from bench.grid.spec import Cell, EvalVariant, GridConfig, ResolvedCell, resolve_cell
@@ -54,18 +55,19 @@ class SharedArtifacts:
     """The proxy run and the expert buffer a method declared it uses, made ready (trained or
     loaded from the cache) before the method's timing starts, with what that took."""
 
-    def __init__(self, grid: GridConfig, cls: type[Method], data: PreparedDataset, seed: int,
+    def __init__(self, grid: GridConfig, cls: type[Method] | None, data: PreparedDataset, seed: int,
                  device: torch.device, progress: bool) -> None:
+        """``cls`` None: the method does not run (its set is already made), nothing to ready."""
         self.grid, self.data, self.seed, self.device, self.progress = grid, data, seed, device, progress
         self.proxy_seconds: float | None = None
         self.expert_seconds: float | None = None
         self._proxy: ProxyRun | None = None
         self.buffer: TrajectoryBuffer | None = None
-        if cls.uses_proxy:
+        if cls is not None and cls.uses_proxy:
             start = time.perf_counter()
             self._proxy = self.proxy()
             self.proxy_seconds = time.perf_counter() - start
-        if cls.uses_experts:
+        if cls is not None and cls.uses_experts:
             start = time.perf_counter()
             self.buffer = ensure_experts(data, grid.model, grid.experts, grid.evaluation.full_train,
                                          grid.cache_dir, device, progress)
@@ -191,28 +193,38 @@ def build_record(grid: GridConfig, resolved: ResolvedCell, data: PreparedDataset
 
 
 def execute_cell(grid: GridConfig, cell: Cell, progress: bool = False) -> CellRecord:
-    """Run one cell end to end: method, evaluation, then its set, pictures and record."""
+    """Run one cell end to end: method (or the set another cell already made of the same
+    inputs: :mod:`bench.grid.set_index`), evaluation, then its set, pictures and record."""
     store = ResultStore(grid.results_dir)
     device = pick_device(grid.device)
     data = prepared(grid, cell.dataset, progress)
     resolved = resolve_cell(grid, cell)
     cls = resolved.method_cls
-    method = cls(resolved.params)
     seed = 0 if cell.method_seed is None else cell.method_seed
-    shared = SharedArtifacts(grid, cls, data, seed, device, progress)
-    ctx = MethodContext(data, grid.model, device, Path(grid.cache_dir), shared.proxy, progress, shared.experts)
-    budget = cell.budget if cell.budget is not None else data.train.n_captions
+    reference = cls.kind == "reference"  # the full set is the training split itself: nothing to save
+    index_key = None if reference else set_index.set_key(resolved.set_hash, device)
+    made = None if index_key is None else set_index.find(grid.cache_dir, cell.dataset, cls.name, index_key)
+    shared = SharedArtifacts(grid, cls if made is None else None, data, seed, device, progress)
     with measure(device) as method_cost:
-        output = run_method(method, ctx, budget, seed, cell.method)
+        if made is None:
+            ctx = MethodContext(data, grid.model, device, Path(grid.cache_dir), shared.proxy, progress, shared.experts)
+            output = run_method(cls(resolved.params), ctx, cell.budget if cell.budget is not None
+                                else data.train.n_captions, seed, cell.method)
+        else:
+            output = replace(made.output, info={**made.output.info, "set_of": made.cell_id,
+                                                "set_seconds_earlier": made.seconds})
     check_output(output, cell, cls.kind, data.train.n_captions)
     warn_if_saturated(output, cell)
     with measure(device) as eval_cost:
-        evaluations = evaluate_variants(grid, data, output, cls.kind == "reference", device, progress, cell.id)
+        evaluations = evaluate_variants(grid, data, output, reference, device, progress, cell.id)
     record = build_record(grid, resolved, data, output, evaluations, (method_cost, eval_cost), shared, device)
-    if cls.kind != "reference":  # the full set is the training split itself: nothing to save
+    if not reference:
         record = save_set(store, cell, output, record)
         write_pictures(store, cell.id, data, output)
     store.write_record(cell, record)  # last: a record on disk means everything else is there
+    if made is None and index_key is not None:  # after the record: the set file is final
+        set_index.remember(grid.cache_dir, cell.dataset, cls.name, index_key, store.set_path(cell), cell.id,
+                           record.set_seconds())
     return record
 
 

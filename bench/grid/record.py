@@ -195,18 +195,23 @@ class CellRecord(_Stored):
         return out
 
     def set_seconds(self) -> float | None:
-        """What producing the set cost: this run's method time plus the matching time of the
-        earlier runs whose checkpoint it continued or reused. A test cell that reuses its
-        tuning trial's finished checkpoint spends about a second itself, and its
-        ``method_cost`` says so; this says what its set took. Records written before
-        ``matching_seconds_earlier`` existed count at least their whole matching time."""
+        """What producing the set cost: this run's method time plus what the earlier work it
+        stands on cost: the set of another cell it evaluated (``set_of``, the tuning trial
+        of a test cell: ``set_seconds_earlier``), or the matching of the earlier runs whose
+        checkpoint it continued (``matching_seconds_earlier``). A test cell that reuses its
+        trial's set spends about a second itself, and its ``method_cost`` says so; this says
+        what its set took. Records written before these existed count at least their whole
+        matching time."""
         own = self.method_cost.get("seconds")
         if own is None:
             return None
-        earlier = self.method_info.get("matching_seconds_earlier")
+        info = self.method_info
+        if "set_of" in info:
+            return float(own) + float(info.get("set_seconds_earlier") or 0.0)
+        earlier = info.get("matching_seconds_earlier")
         if earlier is not None:
             return float(own) + float(earlier)
-        return max(float(own), float(self.method_info.get("matching_seconds") or 0.0))
+        return max(float(own), float(info.get("matching_seconds") or 0.0))
 
     def metric_summary(self, metric: str) -> tuple[float, float]:
         """(mean, std) of ``metric`` over the evaluation seeds."""

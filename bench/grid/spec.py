@@ -331,6 +331,12 @@ class ResolvedCell:
     method_cls: type[Method]
     params: Any
     hash: str
+    #: What determines the cell's *set* (the method's output), not its evaluation: the cell's
+    #: hash less the evaluation recipe and the entry's label, with the full-data recipe that
+    #: trains the proxy and the experts when the method reads them. Cells that share it make
+    #: the same set (a tuning trial and the test cell of its values; a grid whose evaluation
+    #: changed): bench/grid/set_index.py.
+    set_hash: str = ""
 
 
 def resolve_cell(grid: GridConfig, cell: Cell) -> ResolvedCell:
@@ -360,7 +366,11 @@ def resolve_cell(grid: GridConfig, cell: Cell) -> ResolvedCell:
         parts["proxy"] = to_dict(grid.proxy)
     if cls.uses_experts:
         parts["experts"] = to_dict(grid.experts)
-    return ResolvedCell(cell, cls, params, stable_hash(parts))
+    made_by = {k: v for k, v in parts.items() if k != "evaluation"}
+    made_by["method"] = {k: v for k, v in method.items() if k != "label"}
+    if cls.uses_proxy or cls.uses_experts:
+        made_by["full_train"] = to_dict(grid.evaluation.full_train)
+    return ResolvedCell(cell, cls, params, stable_hash(parts), stable_hash(made_by))
 
 
 def cell_hash(grid: GridConfig, cell: Cell) -> str:

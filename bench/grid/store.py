@@ -273,3 +273,15 @@ class ResultStore:
         # A cell of the grid without a current record is named once, in ``missing``.
         others = [p for p in _record_files(self.root / "records") if p.stem not in cells]
         return GridResults(current, missing, ignored=len(others))
+
+
+def set_output(saved: Mapping[str, Any]) -> MethodOutput:
+    """The method output a set file holds (what :meth:`ResultStore.save_set` wrote): pairs with
+    their soft targets, learned step sizes and the method's info, as the method returned them."""
+    from bench.data.pairs import PairSet, SoftTargets
+    from bench.methods_api import MethodOutput
+
+    soft = saved.get("soft_targets")
+    pairs = PairSet(saved["images"], saved["image_index"], saved["text_emb"], saved.get("source_indices"),
+                    None if soft is None else SoftTargets(soft, saved["soft_target_loss"]))
+    return MethodOutput(pairs, saved.get("learned_lrs"), dict(saved.get("info") or {}))

@@ -26,10 +26,10 @@ from bench.core.config import ConfigError, from_dict
 from bench.core.env import package_versions
 from bench.core.io import check_writable_dir, file_digest, write_text_atomic
 from bench.data.datasets import DatasetConfig
-from bench.data.pairs import PairSet, SoftTargets
+from bench.data.pairs import PairSet
 from bench.data.set_bundle import BUNDLE_FORMAT, BUNDLE_VERSION, write_bundle
 from bench.grid.record import CellRecord, timestamp
-from bench.grid.store import MissingResultsError, ResultStore, read_records
+from bench.grid.store import MissingResultsError, ResultStore, read_records, set_output
 from bench.protocol.presets import preset
 
 
@@ -55,10 +55,8 @@ def current_records(results_dir: Path) -> tuple[list[CellRecord], dict[str, str]
 def stored_set(store: ResultStore, record: CellRecord) -> tuple[PairSet, dict[str, float] | None]:
     """The pairs and learned step sizes of a cell's set file (``sets/<cell>.pt``, as
     :meth:`bench.grid.store.ResultStore.save_set` wrote it)."""
-    data = torch.load(store.root / str(record.set_file), weights_only=False)
-    soft = None if data.get("soft_targets") is None else SoftTargets(data["soft_targets"], data["soft_target_loss"])
-    pairs = PairSet(data["images"], data["image_index"], data["text_emb"], data.get("source_indices"), soft)
-    return pairs, data.get("learned_lrs")
+    output = set_output(torch.load(store.root / str(record.set_file), weights_only=False))
+    return output.pairs, output.learned_lrs
 
 
 def dataset_section(record: CellRecord) -> dict[str, Any] | None:
