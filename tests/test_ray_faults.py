@@ -81,9 +81,10 @@ def test_killed_workers_are_retried_and_results_match_an_undisturbed_run(tmp_pat
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
-    output = (tmp_path / "ray.log").read_text()[-4000:]
+    whole = (tmp_path / "ray.log").read_text()
+    output = whole[-4000:]  # what a failure shows; the retries are counted over the whole log
     assert killed_expert and killed_cells, f"no worker was killed\n{output}"
-    assert output.count("will be retried") >= 1 + len(killed_cells), output
+    assert whole.count("will be retried") >= 1 + len(killed_cells), output
     assert rc == 0, output
 
     final = records(results)
