@@ -183,6 +183,14 @@ class Method(ABC):
         self.params = params
 
     @classmethod
+    def set_params(cls, params: Any) -> Any:
+        """``params`` less what cannot change the set the method makes (how often a run
+        checkpoints, which snapshots it keeps). A cell's set hash reads these, so a tuning run
+        that keeps snapshots and the test cell of its values share their set
+        (bench/grid/set_index.py). Default: every parameter counts."""
+        return params
+
+    @classmethod
     def expert_epochs_needed(cls, params: Any) -> int:
         """How many recorded expert epochs ``run`` reads with ``params`` (a method with
         ``uses_experts`` overrides this): the grid refuses, when it loads, an ``experts.epochs``

@@ -92,6 +92,13 @@ class TrajectoryMatching(Method):
     uses_experts = True
     version = 2  # 2: flat-parameter matcher, per-step seeds for dropout (other draws than version 1)
     snapshot_param = "iterations"
+
+    @classmethod
+    def set_params(cls, params: MatchingConfig) -> MatchingConfig:
+        """How often a run checkpoints and which snapshots it keeps change nothing of its
+        result (a resumed run repeats the uninterrupted one; a snapshot is the shorter run
+        finished)."""
+        return replace(params, snapshots=(), checkpoint_every=0)
     # Around the entry's recipe: learning rates a factor of ~3 either way (docs/recipes.md: the
     # embedded searches moved lr_img and lr_txt by 3-10x between budgets), and when to stop
     # (half to twice the iterations: free, read from one run's snapshots). Larger sets may
@@ -145,7 +152,7 @@ class TrajectoryMatching(Method):
             that many iterations finishes with (how often it checkpoints, and which snapshots
             it keeps, change nothing of the result). The buffer's recipe key does not say how
             many experts it holds: the checkpoint must."""
-            params = replace(self.params, iterations=iterations, snapshots=(), checkpoint_every=0)
+            params = replace(self.set_params(self.params), iterations=iterations)
             key = run_key(self.name, self.version, ctx.data.key, buffer.key, len(buffer), buffer.epochs, params,
                           budget, seed, init.tolist())
             return key, ctx.cache_dir / "distill" / f"{ctx.data.name}-{self.name}-{key}.pt"

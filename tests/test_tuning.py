@@ -329,3 +329,23 @@ def test_the_recipes_config_refuses_records_it_cannot_describe(first_run):
     stale = dataclasses.replace(twin, cell_hash="0" * 16, path="stale.json")
     with pytest.raises(RecipesError, match="does not reproduce the hash of stale.json"):
         recipes_config([r for r in records if r is not twin] + [stale], "embedded")
+
+
+def test_a_leaders_snapshots_and_checkpoints_do_not_change_its_set_hash(tmp_path):
+    """A trajectory trial that runs the largest iterations value keeps snapshots for the others;
+    the test cell of that value keeps none. Neither that nor how often a run checkpoints changes
+    the set (``Method.set_params``), so both cells share the set hash, and the cell hash still
+    tells them apart; another iterations value or learning rate is another set."""
+    from bench.grid.spec import Cell, resolve_cell
+
+    def resolved(**params):
+        data = tuned_data(tmp_path)
+        data["methods"] = [{"name": "distill-joint", "params": {**MATCHING, "iterations": 4, **params}}]
+        data.pop("tuning")
+        return resolve_cell(build_grid(data), Cell("embedded", "distill-joint", 10, 0))
+
+    test_cell = resolved()
+    leader = resolved(snapshots=[2], checkpoint_every=1)
+    assert leader.set_hash == test_cell.set_hash and leader.hash != test_cell.hash
+    assert resolved(iterations=2).set_hash != test_cell.set_hash
+    assert resolved(lr_img=7.0).set_hash != test_cell.set_hash

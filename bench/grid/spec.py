@@ -332,7 +332,8 @@ class ResolvedCell:
     params: Any
     hash: str
     #: What determines the cell's *set* (the method's output), not its evaluation: the cell's
-    #: hash less the evaluation recipe and the entry's label, with the full-data recipe that
+    #: hash less the evaluation recipe, the entry's label and the parameters that change no
+    #: result (``Method.set_params``: checkpoints, snapshots), with the full-data recipe that
     #: trains the proxy and the experts when the method reads them. Cells that share it make
     #: the same set (a tuning trial and the test cell of its values; a grid whose evaluation
     #: changed): bench/grid/set_index.py.
@@ -367,7 +368,7 @@ def resolve_cell(grid: GridConfig, cell: Cell) -> ResolvedCell:
     if cls.uses_experts:
         parts["experts"] = to_dict(grid.experts)
     made_by = {k: v for k, v in parts.items() if k != "evaluation"}
-    made_by["method"] = {k: v for k, v in method.items() if k != "label"}
+    made_by["method"] = {**{k: v for k, v in method.items() if k != "label"}, "params": to_dict(cls.set_params(params))}
     if cls.uses_proxy or cls.uses_experts:
         made_by["full_train"] = to_dict(grid.evaluation.full_train)
     return ResolvedCell(cell, cls, params, stable_hash(parts), stable_hash(made_by))
