@@ -12,7 +12,8 @@ The captions are stored in the entry's description (``captions``, split -> list)
 again from the scene streams without rendering a pixel (:func:`bench.data.embedded.embedded_captions`)
 took ~20 s per process at that shape on the 2-core machine (0.1 s to read them), paid again by
 every driver, worker and piece. They sit under the same content key as the pixels, so they can
-only be the captions of this spec and generator. An entry written before captions were stored gets them drawn once and added.
+only be the captions of this spec and generator. An entry written before captions were stored
+gets them drawn once and added.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def load_embedded(spec: EmbeddedSpec, cache_dir: str | os.PathLike[str]) -> Data
     """The embedded dataset of ``spec``: pixels and captions from the cache (rendered and
     written there the first time). Equal, split by split, to :func:`generate_embedded`."""
     key = embedded_content_key(spec)
-    args = _entry(spec, cache_dir)
+    names = {split: image_names(spec, split) for split in SPLITS}
+    args = (cache_dir, NAME, spec.resolution, key, FORMAT, names)
     entry = read_image_entry(*args)
     if entry is None:
         generated = generate_embedded(spec)
@@ -51,7 +53,7 @@ def load_embedded(spec: EmbeddedSpec, cache_dir: str | os.PathLike[str]) -> Data
         del generated  # the mapped file replaces the rendered pixels: nothing held twice
     else:
         images, stored = entry
-        captions = stored if stored is not None and _fits(spec, stored) else _draw_and_store(spec, cache_dir, stored)
+        captions = stored if stored is not None and _fits(spec, stored) else _draw_and_store(spec, cache_dir, key, stored)
     splits = {split: assemble_split(spec, split, images[split], captions[split]) for split in SPLITS}
     return Dataset(name=NAME, content_key=key, **splits)
 
@@ -65,23 +67,17 @@ def cached_captions(spec: EmbeddedSpec, cache_dir: str | os.PathLike[str]) -> di
     return {split: embedded_captions(spec, split) for split in SPLITS}
 
 
-def _entry(spec: EmbeddedSpec, cache_dir: str | os.PathLike[str]) -> tuple:
-    """The image-cache arguments of ``spec``'s entry."""
-    names = {split: image_names(spec, split) for split in SPLITS}
-    return (cache_dir, NAME, spec.resolution, embedded_content_key(spec), FORMAT, names)
-
-
 def _fits(spec: EmbeddedSpec, captions: dict[str, tuple[str, ...]]) -> bool:
     return all(len(captions[split]) == spec.n_images(split) * spec.captions_per_image for split in SPLITS)
 
 
-def _draw_and_store(spec: EmbeddedSpec, cache_dir: str | os.PathLike[str],
+def _draw_and_store(spec: EmbeddedSpec, cache_dir: str | os.PathLike[str], key: str,
                     stored: dict[str, tuple[str, ...]] | None) -> dict[str, tuple[str, ...]]:
     """The captions drawn again, added to the entry for the next reader. Stored captions of the
     wrong count are reported (they were edited: the key vouches for nothing else)."""
     if stored is not None:
-        warnings.warn(f"image cache {entry_paths(cache_dir, NAME, spec.resolution, embedded_content_key(spec))[1]} "
+        warnings.warn(f"image cache {entry_paths(cache_dir, NAME, spec.resolution, key)[1]} "
                       "stores captions of the wrong count per split; drawing them again", stacklevel=3)
     captions = {split: embedded_captions(spec, split) for split in SPLITS}
-    store_captions(cache_dir, NAME, spec.resolution, embedded_content_key(spec), captions)
+    store_captions(cache_dir, NAME, spec.resolution, key, captions)
     return captions

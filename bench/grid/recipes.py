@@ -94,21 +94,15 @@ def _resolved(entry: dict[str, Any]) -> dict[str, Any]:
 
 def _entries(records: Sequence[CellRecord]) -> dict[str, dict[str, Any]]:
     """Each method key's entry, from the newest record's config that has it (older pieces of a
-    grid may list methods a newer piece leaves out)."""
+    grid may list methods a newer piece leaves out), ordered by its place in that config."""
     entries: dict[str, dict[str, Any]] = {}
-    for rec in reversed(records):  # newest first
-        for entry in rec.config.get("methods", []):  # type: ignore[union-attr]
-            entries.setdefault(entry.get("label") or entry["name"], dict(entry))
-    return {key: entries[key] for key in sorted(entries, key=lambda k: _first_index(records, k))}
-
-
-def _first_index(records: Sequence[CellRecord], key: str) -> int:
-    """Where the method stands in the newest config that lists it (the config's own order)."""
-    for rec in reversed(records):
-        keys = [e.get("label") or e["name"] for e in rec.config.get("methods", [])]  # type: ignore[union-attr]
-        if key in keys:
-            return keys.index(key)
-    return 0
+    place: dict[str, int] = {}
+    for rec in reversed(records):  # newest first: the first config seen listing a key is its newest
+        for i, entry in enumerate(rec.config.get("methods", [])):  # type: ignore[union-attr]
+            key = entry.get("label") or entry["name"]
+            if key not in entries:
+                entries[key], place[key] = dict(entry), i
+    return {key: entries[key] for key in sorted(entries, key=place.__getitem__)}
 
 
 def _check_hashes(config: dict[str, Any], records: Sequence[CellRecord]) -> None:

@@ -14,7 +14,7 @@ budget with a single method has no best.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,11 +42,9 @@ class SummaryRow:
     eval_seconds: float | None
 
 
-def _mean_seconds(records: Sequence[CellRecord], attr: str) -> float | None:
-    """The mean over the cell's method seeds of its evaluation seconds (``eval_cost``) or of
-    what its set cost to produce (``method_cost``: :meth:`CellRecord.set_seconds`)."""
-    values = [r.set_seconds() if attr == "method_cost" else getattr(r, attr).get("seconds") for r in records]
-    values = [float(v) for v in values if v is not None]
+def _mean_seconds(records: Sequence[CellRecord], seconds: Callable[[CellRecord], float | None]) -> float | None:
+    """The mean over the cell's method seeds of ``seconds`` of each record (None: none says)."""
+    values = [float(v) for v in map(seconds, records) if v is not None]
     return float(np.mean(values)) if values else None
 
 
@@ -71,8 +69,8 @@ def summary_rows(records: Sequence[CellRecord], dataset: str) -> tuple[list[Summ
             cells={m: cells[(method, budget, m)][:2] for m in METRICS if (method, budget, m) in cells},
             n=int(cells[(method, budget, "mean")][2]) if (method, budget, "mean") in cells else 0,
             norm=normalised(data, method, budget if budget != FULL else (budgets or [FULL])[0], full_cols),
-            best=best, method_seconds=_mean_seconds(mine, "method_cost"),
-            eval_seconds=_mean_seconds(mine, "eval_cost"))
+            best=best, method_seconds=_mean_seconds(mine, CellRecord.set_seconds),
+            eval_seconds=_mean_seconds(mine, lambda r: r.eval_cost.get("seconds")))
 
     rows: list[SummaryRow] = []
     for budget in budgets:
