@@ -5,9 +5,12 @@ some at a subset of the budgets (a method's own ``budgets``). Scaling it down fr
 line (``--set budgets=[100]``) would otherwise fail on every such entry ("budget 200 is not in
 budgets [100]") and take one more ``--set`` per entry to clear. So when an override changes the
 grid's ``budgets``, the entries of the budgets the *config file* listed and the override removed
-are dropped, and one warning line names them. An entry for a budget the file itself does not
-list stays, and stays the error it is without an override: that is a mistake in the file, not
-a consequence of the override.
+are dropped, and one warning line names them. A method that the file runs only at removed
+budgets (its own ``budgets`` all gone) is left out of that run, named on the same line: the
+grid narrowed to one budget is then one piece of the whole grid (docs/regime.md), each cell with
+the hash it has there. An entry for a budget the file itself does not list stays, and stays the
+error it is without an override: that is a mistake in the file, not a consequence of the
+override.
 """
 
 from __future__ import annotations
@@ -37,6 +40,12 @@ def _listed(value: Any) -> set[Any]:
     return {_budget(b) for b in items}
 
 
+def _runs_nowhere(entry: Any, removed: set[Any]) -> bool:
+    """Whether ``entry`` lists its own budgets and the override removed every one of them."""
+    own = entry.get("budgets") if isinstance(entry, dict) else None
+    return isinstance(own, list) and bool(own) and all(_budget(b) in removed for b in own)
+
+
 def _drop_from_method(entry: dict[str, Any], removed: set[Any], where: str) -> list[str]:
     """Drop ``entry``'s budget-keyed entries and ``budgets`` items of the ``removed`` budgets
     (new containers: YAML anchors may share them between methods); returns what was dropped."""
@@ -52,7 +61,7 @@ def _drop_from_method(entry: dict[str, Any], removed: set[Any], where: str) -> l
     own = entry.get("budgets")
     if isinstance(own, list):
         kept = [b for b in own if _budget(b) not in removed]
-        if kept and len(kept) < len(own):  # none left: the grid's check says the method runs nowhere
+        if len(kept) < len(own):
             entry["budgets"] = kept
             dropped.append(f"{where}.budgets {', '.join(str(b) for b in own if _budget(b) in removed)}")
     return dropped
@@ -71,9 +80,18 @@ def drop_removed_budgets(raw: dict[str, Any], data: dict[str, Any], overrides: l
     if not removed or not isinstance(methods, list):
         return []
     dropped: list[str] = []
+    kept_methods = []
     for i, entry in enumerate(methods):
-        if isinstance(entry, dict):
-            dropped.extend(_drop_from_method(entry, removed, f"methods[{i}] ({entry.get('label') or entry.get('name')})"))
+        if not isinstance(entry, dict):
+            kept_methods.append(entry)
+            continue
+        where = f"methods[{i}] ({entry.get('label') or entry.get('name')})"
+        if _runs_nowhere(entry, removed):
+            dropped.append(f"{where}, which runs only at budgets {entry['budgets']}")
+        else:
+            dropped.extend(_drop_from_method(entry, removed, where))
+            kept_methods.append(entry)
+    data["methods"] = kept_methods
     return dropped
 
 
