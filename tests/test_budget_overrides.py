@@ -57,6 +57,24 @@ def test_a_methods_own_budgets_shrink_with_the_grid():
     assert "methods[5] (distill-image).budgets 500" in shown[0]
 
 
+def test_a_method_that_runs_only_at_removed_budgets_is_left_out_of_the_run():
+    """The regime grid's 1000-pair piece: distill-image and distill-text run at 100-500 only, so
+    ``budgets=[1000]`` leaves them out (named on the warning line) and every remaining cell keeps
+    the hash it has in the whole grid."""
+    config = REPO / "configs" / "embedded_flickr.yaml"
+    grid, shown = _load(config, ["budgets=[1000]"])
+    names = [m.name for m in grid.methods]
+    assert "distill-image" not in names and "distill-text" not in names and "distill-joint" in names
+    assert "methods[5] (distill-image), which runs only at budgets [100, 200, 500]" in shown[0]
+    assert "methods[6] (distill-text), which runs only at budgets [100, 200, 500]" in shown[0]
+    whole = load_grid(config)
+    expected = {c.id: resolve_cell(whole, c).hash for c in plan_cells(whole) if c.budget == 1000 or c.budget is None}
+    assert {c.id: resolve_cell(grid, c).hash for c in plan_cells(grid)} == expected
+    # A method whose own budgets keep one stays, with only that one.
+    grid, _ = _load(config, ["budgets=[500, 1000]"])
+    assert grid.method("distill-image").budgets == (500,)
+
+
 def _write(tmp_path: Path, budget_params: str) -> Path:
     config = tmp_path / "grid.yaml"
     config.write_text("name: x\nbudgets: [10, 20]\nmethods:\n- name: distill-joint\n"
@@ -82,12 +100,15 @@ def test_every_budget_keyed_entry_is_dropped_and_absent_ones_skipped():
         {"name": "a", "label": "la", "budget_params": {2: {"k": 1}, 1: {"k": 2}}, "budget_search": {"2": {"k": [1]}}},
         {"name": "b", "budget_search": {3: {}}, "budgets": [1, 3]},
         {"name": "c"},
+        {"name": "d", "budgets": [2, 3]},
     ]}
     data, dropped = apply_grid_overrides(raw, ["budgets=[1]"])
     assert dropped == ["methods[1] (la).budget_params.2", "methods[1] (la).budget_search.2",
-                       "methods[2] (b).budget_search.3", "methods[2] (b).budgets 3"]
+                       "methods[2] (b).budget_search.3", "methods[2] (b).budgets 3",
+                       "methods[4] (d), which runs only at budgets [2, 3]"]
     assert data["methods"][1]["budget_params"] == {1: {"k": 2}} and data["methods"][1]["budget_search"] == {}
     assert data["methods"][2]["budgets"] == [1] and data["methods"][3] == {"name": "c"}
+    assert len(data["methods"]) == 4 and len(raw["methods"]) == 5
     assert raw["methods"][1]["budget_params"].keys() == {1, 2}  # the file's data is not touched
     # Without an override of budgets nothing is dropped.
     assert apply_grid_overrides(raw, ["methods.1.name=z"])[1] == []
