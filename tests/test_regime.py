@@ -47,6 +47,21 @@ def test_every_method_is_tuned_on_val_with_the_same_trials(grid: GridConfig) -> 
     assert all(m.search == "default" for m in grid.methods)
 
 
+def test_every_recipe_is_its_groups_first_trial(grid: GridConfig) -> None:
+    """Tuning searches around the recipe, so the recipe must be a point of each space: a value
+    left out of the entry's dict at its default (min_start_epoch 0) once read as None there,
+    and the trajectory methods at 500 and 1000 pairs tried two random points instead."""
+    from bench.grid.tuning import recipe_point, tuning_groups
+
+    groups = tuning_groups(grid)
+    assert {(g.spec.key, g.budget) for g in groups if "min_start_epoch" in g.space} >= {
+        ("distill-joint", 500), ("distill-joint", 1000), ("lors", 1000), ("repblend", 1000)}
+    outside = [(g.spec.key, g.budget) for g in groups if recipe_point(g, g.space) is None]
+    assert outside == []
+    joint = next(g for g in groups if g.key == ("embedded", "distill-joint", 1000))
+    assert recipe_point(joint, joint.space)["min_start_epoch"] == 0
+
+
 def test_recipes_are_embedded_full_ones(grid: GridConfig) -> None:
     """Tuning aside (the entries' parameters are each method's first trial), every cell runs
     embedded_full's parameters, student and recipes: only the dataset (and where results go)

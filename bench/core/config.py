@@ -251,6 +251,13 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+def field_values(obj: Any) -> dict[str, Any]:
+    """Every field of a dataclass config as plain data, defaults included: what a run uses.
+    (:func:`to_dict` leaves out an ``omit_if_default`` field at its default, which a reader of
+    its dict would take for None.)"""
+    return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+
+
 def yaml_problem(exc: yaml.YAMLError) -> str:
     """PyYAML's multi-line message as one line: what is wrong, and where."""
     problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]

@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from bench.core.config import ConfigError, check_keys, from_dict, to_dict
+from bench.core.config import ConfigError, check_keys, field_values, from_dict
 
 if TYPE_CHECKING:
     from bench.grid.spec import MethodSpec
@@ -170,7 +170,7 @@ def method_space(spec: MethodSpec, cls: type[Method], budget: int | None, where:
         origin += f" / budget_search.{budget}"
     base = spec.params_for(budget)
     check_keys(cls.Params, {str(k): None for k in raw}, f"{where}.{origin}")
-    resolved = to_dict(from_dict(cls.Params, base, f"{where}.params"))
+    resolved = field_values(from_dict(cls.Params, base, f"{where}.params"))
     space = parse_space(raw, f"{where}.{origin}", resolved)
     fitted: Space = {}
     for name, dim in space.items():

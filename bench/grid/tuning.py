@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.core.config import ConfigError, from_dict, to_dict
+from bench.core.config import ConfigError, field_values, from_dict
 from bench.core.io import stable_hash
 from bench.grid.search import Choice, Range, Space, TuningConfig, grid_points, method_space
 from bench.grid.spec import Cell, GridConfig, MethodSpec, check_expert_epochs
@@ -177,10 +177,10 @@ def recipe_point(group: Group, space: Space) -> dict[str, Any] | None:
     first trial, so that tuning never chooses below the recipe on val, and the record says how
     far the recipe was from the choice. None when some value lies outside the space."""
     cls = get_method(group.spec.name)
-    resolved = to_dict(from_dict(cls.Params, group.spec.params_for(group.budget)))
+    resolved = field_values(from_dict(cls.Params, group.spec.params_for(group.budget)))
     point = {}
     for name, dim in space.items():
-        value = resolved.get(name)
+        value = resolved[name]
         if isinstance(dim, Choice):
             if value not in dim.values:
                 return None
