@@ -121,3 +121,18 @@ def test_reference_dataset_errors(results: Path, capsys: pytest.CaptureFixture[s
     assert "error: --reference-dataset needs --reference" in capsys.readouterr().err
     assert main(["table", str(results), "--reference", "paper", "--reference-dataset", "nope"]) == 2
     assert "error: the reference has no rows for dataset 'nope'" in capsys.readouterr().err
+
+
+def test_the_agreements_latex_keeps_n_and_tau_as_printed_under_its_own_label(results: Path, tmp_path: Path) -> None:
+    out = tmp_path / "t.tex"
+    assert main(["table", str(results), "--reference", "paper", "--reference-dataset", "flickr30k",
+                 "--format", "latex", "--output", str(out)]) == 0
+    latex = out.read_text()
+    labels = [line for line in latex.splitlines() if line.startswith("\\label{")]
+    assert len(labels) == len(set(labels)) >= 2 and "\\label{tab:embedded-agreement}" in labels
+    from bench.reports.records import load_records
+
+    agg = aggregate(load_records(results))
+    ref = reference_as(load_reference("paper"), "flickr30k", ["embedded"])
+    row = rank_agreement(agg, "embedded", ref, published_name="flickr30k").loc[100]
+    assert f"100 & {row['n']} & {row['tau']} & " in latex  # n = 4, not 4.0; tau with its two decimals

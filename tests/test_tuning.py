@@ -349,3 +349,21 @@ def test_a_leaders_snapshots_and_checkpoints_do_not_change_its_set_hash(tmp_path
     assert leader.set_hash == test_cell.set_hash and leader.hash != test_cell.hash
     assert resolved(iterations=2).set_hash != test_cell.set_hash
     assert resolved(lr_img=7.0).set_hash != test_cell.set_hash
+
+
+def test_the_tuning_tables_latex_prints_counts_and_chosen_values_as_the_markdown_does(first_run):
+    """LaTeX rounds recalls to one decimal; a tuning table's counts and parameter values are not
+    recalls (a count of 4 is not "4.0", a chosen lr of 0.003 not "0.0")."""
+    from bench.reports.records import load_records
+    from bench.reports.tables import latex_escape, render
+    from bench.reports.tuning import tuning_table
+
+    _, grid, _, _, _, _ = first_run
+    table = tuning_table(load_records(grid.results_dir), "embedded")
+    latex = render(table, "latex")
+    assert "\\label{tab:embedded-tuning}" in latex
+    for (method, pairs), row in table.iterrows():
+        line = next(x for x in latex.splitlines() if x.startswith(f"{latex_escape(method)} & {pairs} & "))
+        cells = [c.strip(" \\") for c in line.split(" & ")]
+        assert cells[2] == latex_escape(row["chosen"])
+        assert cells[5:8] == [str(row["trials"]), str(row["failed"]), str(row["cost s"])]

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from bench.reports.records import FULL, METRIC_ORDER, SOURCE, block_of, blocks
+from bench.reports.tables import AS_PRINTED
 
 RECALLS = tuple(m for m in METRIC_ORDER if m != "mean")
 
@@ -103,6 +104,7 @@ def rank_agreement(agg: pd.DataFrame, dataset: str, reference: pd.DataFrame, sou
         "between our ordering of the methods both have (by mean recall, final epoch) and the published one "
         "(1 = same order, -1 = reversed; n methods, n(n-1)/2 pairs; '–' where fewer than two methods are shared). "
         "Published numbers are one source per method (the preferred source first) under that source's evaluation rule.")
+    table.attrs.update(dataset=dataset, kind="agreement", **{AS_PRINTED: list(table.columns)})
     return table
 
 

@@ -336,7 +336,7 @@ def selection_table(aggs: Mapping[str, pd.DataFrame], dataset: str, student: str
             index.append((budget, method))
     table = pd.DataFrame(rows, index=pd.MultiIndex.from_tuples(index, names=["pairs", "method"])).fillna(MISSING)
     table.columns.name = "rule"
-    table.attrs.update(dataset=dataset, caption=(
+    table.attrs.update(dataset=dataset, kind="selection", caption=(
         f"{dataset}: mean recall (%) on the test split under three epoch-selection rules from the same evaluation "
         f"runs (student {student}, protocol {protocol}): final = the last epoch (the headline); val-selected = test at "
         "the epoch of the best val mean; test-selected = the best test epoch (what LoRS, RepBlend and PDS report: "
@@ -371,7 +371,7 @@ def students_table(agg: pd.DataFrame, dataset: str, protocol: str | None = None)
             index.append((budget, method))
     table = pd.DataFrame(rows, index=pd.MultiIndex.from_tuples(index, names=["pairs", "method"]))
     table.columns.name = "student"
-    table.attrs.update(dataset=dataset, caption=(
+    table.attrs.update(dataset=dataset, kind="students", caption=(
         f"{dataset}: mean recall (%) of each set trained on each student (source = the student the sets were made "
         f"with), final epoch; cross-arch = mean over the {len(others)} other student(s); cross-arch norm = the mean "
         "of their normalised scores (0 = random at that budget on that student, 1 = full data on it)."))
@@ -430,15 +430,24 @@ def _decimals(text: str, places: int) -> str:
                        text)
 
 
+#: ``table.attrs`` key: the columns a table prints as they are in LaTeX too (counts, parameter
+#: values, statistics that carry their own format), which :func:`uniform_decimals` leaves alone.
+AS_PRINTED = "latex_as_printed"
+
+
 def uniform_decimals(table: pd.DataFrame) -> pd.DataFrame:
     """``table`` (strings) with each number at :data:`LATEX_DECIMALS`: in the ``norm`` row or a
     column named for norm 2 decimals, everywhere else 1, so no column mixes the papers' one and
-    two decimals with ours."""
+    two decimals with ours. Columns named in ``table.attrs[AS_PRINTED]`` keep their digits: a
+    count of 6 is not "6.0", nor a chosen lr of 0.003 "0.0"."""
     level = list(table.index.names).index("metric") if "metric" in table.index.names else None
+    as_printed = set(table.attrs.get(AS_PRINTED, ()))
     out = table.astype(str)
     for i, key in enumerate(table.index):
         metric = (key[level] if isinstance(key, tuple) else key) if level is not None else None
         for j, column in enumerate(table.columns):
+            if column in as_printed:
+                continue
             norm = metric == NORM or "norm" in str(column)
             out.iat[i, j] = _decimals(out.iat[i, j], LATEX_DECIMALS[NORM] if norm else LATEX_DECIMALS["recall"])
     return out
@@ -464,7 +473,8 @@ def _latex(table: pd.DataFrame, caption: str) -> str:
                                               names=table.index.names)
     else:
         esc.index = pd.Index([latex_escape(v) for v in table.index], name=table.index.name)
-    label = "tab:" + "".join(ch if ch.isalnum() else "-" for ch in str(table.attrs.get("dataset", "results")))
+    name = "-".join(str(table.attrs[k]) for k in ("dataset", "kind") if table.attrs.get(k)) or "results"
+    label = "tab:" + "".join(ch if ch.isalnum() else "-" for ch in name)
     text = esc.style.to_latex(
         caption=latex_escape(caption), label=label, hrules=True, position_float="centering",
         column_format="l" * table.index.nlevels + "r" * table.shape[1],

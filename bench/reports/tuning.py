@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from bench.grid.record import CellRecord
+from bench.reports.tables import AS_PRINTED
 
 
 def tuning_caption(records: Sequence[CellRecord]) -> str:
@@ -75,5 +76,5 @@ def tuning_table(records: Sequence[CellRecord], dataset: str) -> pd.DataFrame | 
         + ("; audit: Kendall's tau between the trials' val and test means, and the test mean the val choice "
            "lost against the best trial on test (measured after the choice; never used for it)"
            if any("tau val-test" in row for row in rows.values()) else "") + ".")
-    table.attrs["dataset"] = dataset
+    table.attrs.update(dataset=dataset, kind="tuning", **{AS_PRINTED: list(table.columns)})
     return table
